@@ -1,0 +1,234 @@
+"""The driver interface every format implements, the block reader, and the error types.
+
+A driver is a pure parser: it reads its image only through a :class:`BlockReader`
+and answers with plain values (:class:`Attr`, :class:`StatFs`, ``bytes``).  It knows
+nothing of FUSE, trio or the sandbox, so it can be used as a library and fuzzed
+without a mount.
+
+Errors a driver may raise, and nothing else:
+
+* :class:`CorruptImage` -- the image contradicts itself; the request fails with EIO
+  and the reason is logged.  The rest of the volume stays usable.
+* :class:`Unsupported` -- a well-formed image that this driver cannot serve (unknown
+  incompatible feature, unsupported compressor); raised at open time so the mount is
+  refused with the reason, as the kernel would.
+* ``FileNotFoundError``, ``NotADirectoryError``, ``IsADirectoryError`` and
+  :class:`NoSuchAttribute` for lookups of names, types and xattrs that do not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+
+class DriverError(Exception):
+    """Base of the errors a driver raises on purpose."""
+
+
+class CorruptImage(DriverError):
+    """The image is inconsistent; the operation that met it fails with EIO."""
+
+
+class Unsupported(DriverError):
+    """The image is valid but uses something this driver does not implement."""
+
+
+class NoSuchAttribute(DriverError):
+    """getxattr of a name the inode does not carry (ENODATA)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What stat(2) shows for one inode; times are nanoseconds since the epoch."""
+
+    ino: int
+    mode: int  # file type bits and permission bits, as st_mode
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    rdev: int = 0  # as os.makedev(major, minor)
+    blocks: int = 0  # 512-byte units, as st_blocks
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def is_regular(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    """What statfs(2) shows; counts are in units of ``block_size``."""
+
+    block_size: int
+    blocks: int
+    blocks_free: int
+    blocks_available: int
+    files: int
+    files_free: int
+    name_max: int = 255
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One directory entry. ``next_offset`` resumes a listing just after this entry."""
+
+    name: bytes
+    ino: int
+    next_offset: int
+
+
+class BlockReader:
+    """Bounds-checked positional reads of one region of an image file descriptor.
+
+    The region starts at ``base`` bytes into the file (``-o offset=``, a partition) and
+    is ``size`` bytes long.  Every read outside it, or one the file answers short, is a
+    :class:`CorruptImage`: on-disk pointers are never trusted.  The reader does no
+    caching of its own; drivers keep bounded caches of what they parsed.
+    """
+
+    __slots__ = ("base", "fd", "size")
+
+    def __init__(self, fd: int, base: int = 0, size: int | None = None) -> None:
+        file_size = os.fstat(fd).st_size
+        if base < 0 or base > file_size:
+            raise Unsupported(f"offset {base} is outside the image ({file_size} bytes)")
+        self.fd = fd
+        self.base = base
+        self.size = file_size - base if size is None else min(size, file_size - base)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Return exactly ``length`` bytes at ``offset`` of the region."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise CorruptImage(
+                f"read of {length} bytes at {offset} is outside the image ({self.size} bytes)"
+            )
+        data = os.pread(self.fd, length, self.base + offset)
+        if len(data) != length:
+            raise CorruptImage(f"short read at {offset}: image changed size?")
+        return data
+
+    def read_upto(self, offset: int, length: int) -> bytes:
+        """Like :meth:`read`, but clipped at the end of the region (for probing)."""
+        if offset < 0 or offset >= self.size:
+            return b""
+        return self.read(offset, min(length, self.size - offset))
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[K, V]):
+    """A least-recently-used map bounded by the summed ``cost`` of its values.
+
+    Drivers use it for parsed metadata (inodes, directory blocks, decompressed
+    blocks) so that no image, however crafted, makes the cache grow without bound.
+    """
+
+    def __init__(self, max_cost: int) -> None:
+        self.max_cost = max_cost
+        self.cost = 0
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: K, value: V, cost: int = 1) -> V:
+        if cost > self.max_cost:
+            return value
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.cost -= old[1]
+        self._items[key] = (value, cost)
+        self.cost += cost
+        while self.cost > self.max_cost:
+            _, (_, evicted_cost) = self._items.popitem(last=False)
+            self.cost -= evicted_cost
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Volume(ABC):
+    """One opened file system, read-only, with inode numbers as the currency.
+
+    Subclasses set ``fs_type`` (the name users give to ``-t``), implement
+    :meth:`probe` and :meth:`open`, and the operations below.  ``accepted_options``
+    lists the driver-specific mount options (``-o noload``) it understands.
+    """
+
+    fs_type: ClassVar[str]
+    fs_aliases: ClassVar[frozenset[str]] = frozenset()
+    accepted_options: ClassVar[frozenset[str]] = frozenset()
+
+    root_ino: int
+
+    @classmethod
+    @abstractmethod
+    def probe(cls, reader: BlockReader) -> bool:
+        """Whether the image looks like this format (magic numbers only, never raises)."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, reader: BlockReader, options: Mapping[str, str]) -> Volume:
+        """Validate the superblock and return a volume, or raise Unsupported/CorruptImage."""
+
+    @abstractmethod
+    def getattr(self, ino: int) -> Attr: ...
+
+    @abstractmethod
+    def lookup(self, dir_ino: int, name: bytes) -> int:
+        """The inode number of ``name`` in directory ``dir_ino`` (FileNotFoundError if none)."""
+
+    @abstractmethod
+    def readdir(self, dir_ino: int, offset: int = 0) -> Iterator[DirEntry]:
+        """Entries of a directory from ``offset`` (0 = start), without "." and ".."."""
+
+    @abstractmethod
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of a regular file from ``offset``; short only at EOF."""
+
+    @abstractmethod
+    def readlink(self, ino: int) -> bytes: ...
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        """Full xattr names (with their namespace prefix) the inode carries."""
+        return []
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        raise NoSuchAttribute(name.decode(errors="replace"))
+
+    @property
+    def has_xattrs(self) -> bool:
+        """False when the volume can carry no xattrs at all (lets FUSE stop asking)."""
+        return True
+
+    @abstractmethod
+    def statfs(self) -> StatFs: ...
+
+    @property
+    def label(self) -> str:
+        """A human-readable volume name, or an empty string."""
+        return ""

@@ -1,0 +1,1 @@
+"""FUSE daemon, launcher, sandbox and command-line front ends of pyfsmount."""

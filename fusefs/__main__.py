@@ -1,0 +1,4 @@
+"""Process entry point: python -m fusefs (same as pyfsmount)."""
+from fusefs.cli import main
+
+main()

@@ -1,0 +1,153 @@
+"""``pyfsmount``: mount an untrusted disk image read-only through a confined FUSE driver."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import sys
+from typing import NoReturn
+
+from fusefs.launch import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    LaunchError,
+    run_background,
+    run_foreground,
+)
+from fusefs.options import OptionError, parse_options
+
+log = logging.getLogger("pyfsmount")
+
+DESCRIPTION = """\
+Mount the file system in IMAGE (a file or a block device) read-only at DIR.
+
+The image is parsed in user space by a driver process of its own, never by the kernel,
+so images from untrusted sources can be mounted safely. Supported: ext2, ext3, ext4.
+The type is detected from the image unless -t names it.
+
+pyfsmount returns once the mount is ready and leaves a daemon serving it. Unmount with
+`fusermount3 -u DIR` or `umount DIR`; SIGTERM to the daemon unmounts too.
+"""
+
+EPILOG = """\
+mount options (-o, comma-separated, mount(8) style):
+  ro                 read-only (the default and the only mode; rw is refused)
+  allow_other        let other users in (for non-root: user_allow_other in /etc/fuse.conf);
+                     the kernel still enforces the modes the image shows
+  uid=N, gid=N       show every file as owned by this user / group
+  umask=MODE         clear these permission bits (octal) on every file
+  fsname=NAME        the source shown in /proc/mounts (default: the image path)
+  offset=BYTES       where the file system starts inside the image (1M, 0x100000, ...)
+  nosuid, nodev      on by default for untrusted images; suid, dev turn them off
+  noexec, noatime    passed to the kernel
+  max_memory=BYTES   address-space budget of the driver process (default 512M)
+  noload             ext3/ext4: ignore the journal of an image that needs recovery
+  Options mount(8) and fstab use (defaults, nofail, _netdev, x-*, ...) are accepted.
+
+as a mount helper:
+  mount -t fuse.pyfsmount IMAGE DIR -o ro
+  fstab:  /srv/images/disk.img  /mnt/disk  fuse.pyfsmount  ro,nofail  0 0
+
+exit status:
+  0   the mount is ready (with -f: it ended cleanly)
+  1   incorrect invocation, unreadable image or mount point
+  32  the mount failed: the image is refused (the reason is printed) or FUSE failed
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with mount(8)'s exit status for bad usage (1, not 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="pyfsmount",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("image", metavar="IMAGE", help="disk image file or block device")
+    parser.add_argument("mountpoint", metavar="DIR", help="directory to mount on")
+    parser.add_argument("-t", "--type", dest="fs_type", metavar="TYPE",
+                        help="file system type: ext2, ext3, ext4 (default: detect); "
+                        "fuse.pyfsmount and fuse.TYPE are accepted")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                        help="comma-separated mount options (see below); may repeat")
+    parser.add_argument("-f", "--foreground", action="store_true",
+                        help="stay in the foreground until unmounted")
+    parser.add_argument("-d", "--debug", action="store_true",
+                        help="log every request (implies -f)")
+    # Flags mount(8) passes to helpers: sloppy, no-mtab, verbose.
+    parser.add_argument("-s", dest="sloppy", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-n", dest="no_mtab", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", help="say more about what happens")
+    return parser
+
+
+def normalise_type(fs_type: str | None) -> str | None:
+    """``fuse.pyfsmount`` means 'detect'; ``fuse.ext4`` and ``ext4`` mean ext4."""
+    if fs_type is None or fs_type in ("fuse.pyfsmount", "pyfsmount", "auto"):
+        return None
+    return fs_type.removeprefix("fuse.")
+
+
+def setup_terminal_logging(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pyfsmount: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def switch_to_syslog() -> None:
+    """A daemon has no terminal: log to syslog when there is one, else nowhere."""
+    handlers: list[logging.Handler] = []
+    if os.path.exists("/dev/log"):
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
+            handler.setFormatter(logging.Formatter(f"pyfsmount[{os.getpid()}]: %(message)s"))
+            handlers.append(handler)
+        except OSError:
+            pass
+    log.handlers[:] = handlers or [logging.NullHandler()]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = build_parser().parse_args(argv)
+    foreground = args.foreground or args.debug
+    setup_terminal_logging(
+        logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    )
+    try:
+        options = parse_options(args.options)
+    except OptionError as exc:
+        print(f"pyfsmount: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    options.fs_type = normalise_type(args.fs_type) or options.fs_type
+    options.debug = options.debug or args.debug
+    try:
+        if foreground:
+            code = run_foreground(args.image, args.mountpoint, options)
+        else:
+            code = run_background(args.image, args.mountpoint, options, switch_to_syslog)
+    except LaunchError as exc:
+        print(f"pyfsmount: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = EXIT_FAILURE
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The driver process: one per mount, started by the launcher as ``python -m fusefs.driver``.
+
+It owns nothing but the descriptors it was given (the image, read-only, and the control
+socket) and never opens a path itself.  Its life:
+
+1. read its configuration from the control socket;
+2. (confine itself: fusefs.sandbox, when enabled);
+3. open the volume and report ``ok`` or the one-line reason;
+4. receive the already-mounted /dev/fuse descriptor and serve it until unmounted.
+
+Logs go to stderr, which the launcher forwards to the terminal or syslog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import pyfuse3
+import trio
+
+from drivers.base import BlockReader, CorruptImage, Unsupported, Volume
+from drivers.registry import open_volume
+from fusefs.control import ControlError, recv_message, send_message
+from fusefs.daemon import AttrOverrides, VolumeOperations
+
+log = logging.getLogger("pyfsmount")
+
+EXIT_OK = 0
+EXIT_REFUSED = 2
+EXIT_BUG = 70  # EX_SOFTWARE
+
+
+def setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def open_configured_volume(image_fd: int, config: dict[str, Any]) -> Volume:
+    reader = BlockReader(image_fd, int(config.get("offset", 0)))
+    return open_volume(reader, config.get("fs_type"), config.get("driver_options") or {})
+
+
+async def serve_until_stopped() -> None:
+    """Serve FUSE requests until the mount goes away or SIGTERM/SIGINT arrives."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pyfuse3.main)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                return
+
+
+def run(control: socket.socket, image_fd: int) -> int:
+    config, _ = recv_message(control)
+    setup_logging(bool(config.get("debug")))
+    try:
+        volume = open_configured_volume(image_fd, config)
+    except (Unsupported, CorruptImage) as exc:
+        send_message(control, {"ok": False, "error": str(exc)})
+        return EXIT_REFUSED
+    except Exception as exc:
+        log.exception("opening the volume failed")
+        send_message(control, {"ok": False, "error": f"internal error: {exc!r}"})
+        return EXIT_BUG
+    send_message(control, {"ok": True, "fs_type": volume.fs_type, "label": volume.label})
+
+    _, fds = recv_message(control)
+    if not fds:
+        return EXIT_OK  # the launcher gave up (mount failed); nothing to serve
+    overrides = AttrOverrides(
+        uid=config.get("uid"), gid=config.get("gid"), umask=config.get("umask")
+    )
+    operations = VolumeOperations(volume, overrides)
+    pyfuse3.init(operations, f"/dev/fd/{fds[0]}", set())
+    try:
+        send_message(control, {"serving": True})
+        trio.run(serve_until_stopped)
+    finally:
+        pyfuse3.close(unmount=False)
+    return EXIT_OK
+
+
+def main() -> None:
+    """``python -m fusefs.driver CONTROL_FD IMAGE_FD``."""
+    control_fd, image_fd = (int(arg) for arg in sys.argv[1:3])
+    control = socket.socket(fileno=control_fd)
+    try:
+        code = run(control, image_fd)
+    except ControlError as exc:
+        print(f"pyfsmount driver: {exc}", file=sys.stderr)
+        code = EXIT_BUG
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""One mount, end to end: open the image, start its driver process, mount, supervise.
+
+The launcher (this module) never parses the image.  It opens it read-only, starts
+``python -m fusefs.driver`` with only that descriptor and a control socket, and waits
+for the driver's verdict.  Only once the driver has opened the volume is the FUSE
+mount made (the only privileged step) and its channel passed to the driver.  The
+launcher then stays as a small supervisor: when the driver ends (unmounted, killed,
+crashed) it makes sure no dead mount is left behind; when it is told to stop
+(SIGTERM, SIGINT, SIGHUP) it unmounts, which ends the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO
+
+from fusefs.control import ControlError, control_pair, recv_message, send_message
+from fusefs.mount import MountError, MountRequest, find_our_mount, is_mounted, mount_fuse, unmount
+from fusefs.options import MountOptions
+
+log = logging.getLogger("pyfsmount")
+
+#: How long a driver may take to validate an image before the mount is refused.
+OPEN_TIMEOUT = 60.0
+#: How long a driver may take to stop once its mount is gone.
+STOP_TIMEOUT = 10.0
+
+EXIT_USAGE = 1  # mount(8): incorrect invocation or permissions
+EXIT_FAILURE = 32  # mount(8): mount failure
+
+
+class LaunchError(Exception):
+    """The mount could not be made; the message is the one line the user sees."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class DriverProcess:
+    """A running driver process, its control socket and the tail of its log."""
+
+    process: subprocess.Popen[bytes]
+    control: socket.socket
+    log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    log_thread: threading.Thread | None = None
+
+    def forward_log(self, stream: IO[bytes]) -> None:
+        """Relay the driver's stderr lines into our log (terminal or syslog)."""
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            self.log_tail.append(line)
+            level_name, sep, text = line.partition(": ")
+            level = logging.getLevelName(level_name) if sep else logging.INFO
+            if not isinstance(level, int):
+                level, text = logging.WARNING, line
+            log.log(level, "%s", text)
+
+    def last_words(self) -> str:
+        return self.log_tail[-1] if self.log_tail else ""
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.process.wait(timeout)
+        if self.log_thread is not None:
+            self.log_thread.join(timeout=1.0)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()
+
+
+def driver_config(options: MountOptions) -> dict[str, object]:
+    """What the driver process is told about its mount (plain JSON values)."""
+    return {
+        "fs_type": options.fs_type,
+        "offset": options.offset,
+        "driver_options": options.driver_options,
+        "uid": options.uid,
+        "gid": options.gid,
+        "umask": options.umask,
+        "debug": options.debug,
+        "sandbox": options.sandbox,
+        "max_memory": options.max_memory,
+    }
+
+
+def start_driver(image_fd: int, options: MountOptions) -> DriverProcess:
+    """Start a driver process holding only the image and its end of the control socket."""
+    ours, theirs = control_pair()
+    with theirs:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fusefs.driver", str(theirs.fileno()), str(image_fd)],
+            pass_fds=(theirs.fileno(), image_fd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a terminal's ^C goes to the launcher, which unmounts
+            env=driver_environment(),
+        )
+    driver = DriverProcess(process, ours)
+    assert process.stderr is not None
+    driver.log_thread = threading.Thread(
+        target=driver.forward_log, args=(process.stderr,), daemon=True
+    )
+    driver.log_thread.start()
+    send_message(ours, {**driver_config(options)})
+    return driver
+
+
+def driver_environment() -> dict[str, str]:
+    """The driver inherits only what Python needs to find the project."""
+    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "PYFSMOUNT_TEST_PAYLOAD")
+    return {name: os.environ[name] for name in keep if name in os.environ}
+
+
+def open_image(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise LaunchError(f"{path}: {exc.strerror}", EXIT_USAGE) from None
+
+
+def await_verdict(driver: DriverProcess) -> dict[str, object]:
+    """The driver's answer to opening the volume, within OPEN_TIMEOUT."""
+    driver.control.settimeout(OPEN_TIMEOUT)
+    try:
+        reply, _ = recv_message(driver.control)
+    except TimeoutError:
+        driver.kill()
+        raise LaunchError(f"the driver took over {OPEN_TIMEOUT:.0f} s to open the image") from None
+    except (ControlError, OSError):
+        code = driver.wait()
+        reason = f"the driver died ({describe_exit(code)}): {driver.last_words()}"
+        raise LaunchError(reason) from None
+    finally:
+        driver.control.settimeout(None)
+    return reply
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+@dataclass
+class Mount:
+    """A mount being served: its target, kernel device id and driver."""
+
+    target: str
+    device: str | None
+    driver: DriverProcess
+    stop_requested: bool = False
+
+    def request_stop(self) -> None:
+        """Unmount; the driver then sees its channel close and exits."""
+        self.stop_requested = True
+        if self.device is not None and is_mounted(self.target, self.device):
+            try:
+                unmount(self.target, lazy=True)
+            except MountError as exc:
+                log.error("%s", exc)
+
+    def supervise(self) -> int:
+        """Wait for the driver to end; leave no dead mount behind; return an exit code."""
+        code = self.driver.wait()
+        left_over = self.device is not None and is_mounted(self.target, self.device)
+        if left_over:
+            if not self.stop_requested:
+                log.error("driver for %s ended (%s); unmounting", self.target, describe_exit(code))
+            try:
+                unmount(self.target, lazy=True)
+            except MountError as exc:
+                log.error("%s", exc)
+        elif code != 0:
+            log.error("driver for %s ended (%s)", self.target, describe_exit(code))
+        return 0 if code == 0 or (self.stop_requested and code < 0) else EXIT_FAILURE
+
+
+def make_mount(image: str, target: str, options: MountOptions) -> Mount:
+    """Open, validate, mount and hand over: return once the mount is being served."""
+    target = os.path.abspath(target)
+    image_fd = open_image(image)
+    try:
+        driver = start_driver(image_fd, options)
+    finally:
+        os.close(image_fd)  # only the driver keeps the image open
+    verdict = await_verdict(driver)
+    if not verdict.get("ok"):
+        driver.wait()
+        raise LaunchError(f"{image}: {verdict.get('error', 'refused')}")
+    request = MountRequest(
+        target=target,
+        source=options.fsname or os.path.abspath(image),
+        flags=options.flags,
+        allow_other=options.allow_other,
+    )
+    try:
+        fuse_fd = mount_fuse(request)
+    except MountError as exc:
+        send_message(driver.control, {"abort": True})
+        driver.wait()
+        raise LaunchError(str(exc)) from None
+    mount = Mount(target, find_our_mount(target), driver)
+    try:
+        send_message(driver.control, {"fuse": True}, [fuse_fd])
+    finally:
+        os.close(fuse_fd)  # the driver alone holds the channel: if it dies, the mount fails fast
+    try:
+        reply, _ = recv_message(driver.control)
+    except (ControlError, OSError):
+        reply = {}
+    if not reply.get("serving"):
+        mount.supervise()
+        raise LaunchError(f"the driver failed to serve the mount: {driver.last_words()}")
+    return mount
+
+
+def install_stop_handlers(mount: Mount) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("%s: unmounting %s", signal.Signals(signum).name, mount.target)
+        mount.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+
+def run_foreground(image: str, target: str, options: MountOptions) -> int:
+    """``-f``: mount, serve until unmounted or interrupted, then return the exit code."""
+    mount = make_mount(image, target, options)
+    install_stop_handlers(mount)
+    log.debug("serving %s at %s", image, target)
+    return mount.supervise()
+
+
+def run_background(
+    image: str, target: str, options: MountOptions, to_background_log: Callable[[], None]
+) -> int:
+    """Mount, then leave a detached supervisor and return 0 once the mount is ready."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(ready_w)
+        with os.fdopen(ready_r, "rb") as ready:
+            status = ready.read()
+        os.waitpid(pid, 0)  # the intermediate child exits at once
+        if status.startswith(b"ok"):
+            return 0
+        code, _, message = status.decode(errors="replace").partition(" ")
+        if message:
+            print(f"pyfsmount: {message}", file=sys.stderr)
+        return int(code) if code.isdigit() else EXIT_FAILURE
+    # Child: become a session leader, fork once more so the supervisor is no session
+    # leader (it can never regain a terminal), and let the intermediate exit.
+    os.close(ready_r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    exit_code = EXIT_FAILURE
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        try:
+            mount = make_mount(image, target, options)
+        except LaunchError as exc:
+            os.write(ready_w, f"{exc.exit_code} {exc}".encode())
+            os._exit(exc.exit_code)
+        install_stop_handlers(mount)
+        to_background_log()
+        os.write(ready_w, b"ok")
+        os.close(ready_w)
+        exit_code = mount.supervise()
+    except BaseException as exc:  # a bug: say so where someone can see it
+        log.exception("supervisor failed: %s", exc)
+    finally:
+        os._exit(exit_code)

@@ -1,0 +1,200 @@
+"""Making and removing the FUSE mount itself, the only privileged step of a mount.
+
+As root the launcher opens /dev/fuse and calls mount(2) with ``fd=N``; as an ordinary
+user it asks the setuid ``fusermount3`` for an fd over its ``_FUSE_COMMFD`` protocol,
+as libfuse does.  Either way the caller gets back a /dev/fuse descriptor that is
+already mounted, ready to hand to the driver process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import socket
+import stat
+import subprocess
+from dataclasses import dataclass
+
+from fusefs.options import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_RDONLY
+
+FUSE_DEVICE = "/dev/fuse"
+FS_SUBTYPE = "pyfsmount"
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+class MountError(Exception):
+    """The FUSE mount could not be made or removed; the message names why."""
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    """What the kernel needs to know about one FUSE mount."""
+
+    target: str
+    source: str
+    flags: int
+    allow_other: bool = False
+
+    def fusermount_options(self) -> str:
+        names = ["ro", "default_permissions", f"subtype={FS_SUBTYPE}"]
+        names.append(f"fsname={escape_option(self.source)}")
+        for bit, name in (
+            (MS_NOSUID, "nosuid"),
+            (MS_NODEV, "nodev"),
+            (MS_NOEXEC, "noexec"),
+            (MS_NOATIME, "noatime"),
+            (MS_NODIRATIME, "nodiratime"),
+        ):
+            if self.flags & bit:
+                names.append(name)
+        if self.allow_other:
+            names.append("allow_other")
+        return ",".join(names)
+
+
+def escape_option(value: str) -> str:
+    """fusermount3 splits options at commas; a backslash protects one."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def check_mountpoint(target: str) -> None:
+    try:
+        st = os.stat(target)
+    except OSError as exc:
+        raise MountError(f"mount point {target}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mount point {target} is not a directory")
+
+
+def mount_as_root(request: MountRequest) -> int:
+    """mount(2) a fresh /dev/fuse channel at the target; return the channel fd."""
+    fuse_fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    data = f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+    data += ",default_permissions"
+    if request.allow_other:
+        data += ",allow_other"
+    flags = request.flags | MS_RDONLY
+    result = _libc.mount(
+        request.source.encode(),
+        request.target.encode(),
+        f"fuse.{FS_SUBTYPE}".encode(),
+        flags,
+        data.encode(),
+    )
+    if result != 0:
+        err = ctypes.get_errno()
+        os.close(fuse_fd)
+        raise MountError(f"mount {request.target}: {os.strerror(err)}")
+    return fuse_fd
+
+
+def mount_with_fusermount(request: MountRequest) -> int:
+    """Ask the setuid fusermount3 to mount and send back the channel fd."""
+    helper = shutil.which("fusermount3")
+    if helper is None:
+        raise MountError("fusermount3 not found (install the fuse3 package)")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
+        proc = subprocess.run(
+            [helper, "-o", request.fusermount_options(), "--", request.target],
+            env=env,
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        theirs.close()
+        if proc.returncode != 0:
+            reason = proc.stderr.strip().splitlines()
+            raise MountError(reason[-1] if reason else "fusermount3 failed")
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+    if not fds:
+        raise MountError("fusermount3 sent no channel descriptor")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
+
+
+def mount_fuse(request: MountRequest) -> int:
+    check_mountpoint(request.target)
+    if os.geteuid() == 0:
+        return mount_as_root(request)
+    return mount_with_fusermount(request)
+
+
+def unmount(target: str, lazy: bool = True) -> None:
+    """Remove the mount at ``target`` (detached lazily: busy files keep working until closed)."""
+    if os.geteuid() == 0:
+        if _libc.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
+            err = ctypes.get_errno()
+            raise MountError(f"umount {target}: {os.strerror(err)}")
+        return
+    helper = shutil.which("fusermount3") or "fusermount3"
+    proc = subprocess.run(
+        [helper, "-u", *(["-z"] if lazy else []), "--", target],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise MountError(proc.stderr.strip() or f"fusermount3 -u {target} failed")
+
+
+def mountinfo_entries() -> list[tuple[str, str, str]]:
+    """(major:minor, mount point, fstype) of every mount this process sees, in order.
+
+    Read from mountinfo rather than by stat, which would block on a dead server.
+    """
+    entries = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            separator = fields.index(b"-")
+            entries.append(
+                (
+                    fields[2].decode(),
+                    os.fsdecode(unescape_mountinfo(fields[4])),
+                    fields[separator + 1].decode(),
+                )
+            )
+    return entries
+
+
+def find_our_mount(target: str) -> str | None:
+    """The device id (``major:minor``) of the topmost pyfsmount mount at ``target``."""
+    path = os.path.realpath(target)
+    found = None
+    for device, mount_point, fs_type in mountinfo_entries():
+        if mount_point == path and fs_type == f"fuse.{FS_SUBTYPE}":
+            found = device
+    return found
+
+
+def is_mounted(target: str, device: str) -> bool:
+    """Whether the mount identified by ``device`` is still attached at ``target``."""
+    path = os.path.realpath(target)
+    return any(d == device and m == path for d, m, _ in mountinfo_entries())
+
+
+def unescape_mountinfo(field: bytes) -> bytes:
+    r"""mountinfo writes space, tab, newline and backslash as \ooo octal escapes."""
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
+            out.append(int(field[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)

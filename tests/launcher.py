@@ -1,0 +1,158 @@
+"""Running the real ``pyfsmount`` command in tests, and cleaning up after it.
+
+Mounts are always made by a separate process (never in the test process, which would
+deadlock reading its own mount), and every test leaves no mount and no daemon behind,
+even when it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+PYFSMOUNT = [sys.executable, "-m", "fusefs"]
+SAMPLE_IMAGE = PROJECT / "images" / "sample-ext4.img"
+TEST_USER = "pyfsmount-test"
+
+
+def mounted_fs_type(path: str | os.PathLike[str]) -> str | None:
+    """The fstype mounted exactly at ``path`` (topmost), from /proc/self/mountinfo."""
+    target = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mount_point = fields[4].encode().decode("unicode_escape")
+            if mount_point == target:
+                found = fields[fields.index("-") + 1]
+    return found
+
+
+def mount_options(path: str | os.PathLike[str]) -> set[str]:
+    target = os.path.realpath(path)
+    opts: set[str] = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                super_opts = fields[fields.index("-") + 3]
+                opts = set(fields[5].split(",")) | set(super_opts.split(","))
+    return opts
+
+
+def mount_source(path: str | os.PathLike[str]) -> str | None:
+    target = os.path.realpath(path)
+    source = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                source = fields[fields.index("-") + 2]
+    return source
+
+
+def wait_for(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def driver_pids() -> list[int]:
+    """Every pyfsmount driver process on the machine."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"fusefs.driver" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def pids_mentioning(path: str | os.PathLike[str]) -> list[int]:
+    """Processes whose command line names ``path`` (the detached pyfsmount supervisor)."""
+    needle = os.fsencode(os.path.realpath(path))
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().split(") ")[-1][0]
+        except OSError:
+            continue
+        if b"fusefs" in cmdline and needle in cmdline and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def force_unmount(path: str | os.PathLike[str]) -> None:
+    while mounted_fs_type(path) is not None:
+        subprocess.run(["umount", "-l", os.fspath(path)], check=False, capture_output=True)
+
+
+def run_pyfsmount(
+    *args: str, user: str | None = None, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = [*PYFSMOUNT, *args]
+    if user is not None:
+        command = ["runuser", "-u", user, "--", *command]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory to mount on; whatever is mounted there is gone afterwards."""
+    target = tmp_path / "mnt"
+    target.mkdir()
+    try:
+        yield target
+    finally:
+        force_unmount(target)
+        wait_for(lambda: not pids_mentioning(target), what=f"daemons of {target} to exit")
+
+
+@pytest.fixture(scope="session")
+def test_user() -> str:
+    """An unprivileged account for the tests that run pyfsmount as an ordinary user."""
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
+            check=True,
+        )
+    return TEST_USER
+
+
+def user_ids(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_user(user: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["runuser", "-u", user, "--", *command], capture_output=True, text=True, check=False
+    )
