@@ -49,14 +49,19 @@ def open_configured_volume(image_fd: int, config: dict[str, Any]) -> Volume:
 
 
 async def serve_until_stopped() -> None:
-    """Serve FUSE requests until the mount goes away or SIGTERM/SIGINT arrives."""
+    """Serve FUSE requests until the mount goes away or SIGTERM/SIGINT/SIGHUP arrives."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pyfuse3.main)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                log.info("%s: stopping", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                return
+        nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+        await pyfuse3.main()  # returns when the kernel ends the connection (unmount)
+        nursery.cancel_scope.cancel()
+
+
+async def stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
 
 
 def run(control: socket.socket, image_fd: int) -> int:

@@ -195,7 +195,7 @@ class Mount:
 
 def make_mount(image: str, target: str, options: MountOptions) -> Mount:
     """Open, validate, mount and hand over: return once the mount is being served."""
-    target = os.path.abspath(target)
+    target = os.path.realpath(target)  # canonical now: once mounted, resolving it would block
     image_fd = open_image(image)
     try:
         driver = start_driver(image_fd, options)
@@ -272,6 +272,15 @@ def run_background(
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    reported = False
+
+    def report(status: bytes) -> None:
+        nonlocal reported
+        if not reported:
+            os.write(ready_w, status)
+            os.close(ready_w)
+            reported = True
+
     exit_code = EXIT_FAILURE
     try:
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -281,14 +290,15 @@ def run_background(
         try:
             mount = make_mount(image, target, options)
         except LaunchError as exc:
-            os.write(ready_w, f"{exc.exit_code} {exc}".encode())
-            os._exit(exc.exit_code)
+            exit_code = exc.exit_code
+            report(f"{exc.exit_code} {exc}".encode())
+            os._exit(exit_code)
         install_stop_handlers(mount)
         to_background_log()
-        os.write(ready_w, b"ok")
-        os.close(ready_w)
+        report(b"ok")
         exit_code = mount.supervise()
     except BaseException as exc:  # a bug: say so where someone can see it
-        log.exception("supervisor failed: %s", exc)
+        log.exception("supervisor failed")
+        report(f"{EXIT_FAILURE} internal error: {exc!r}".encode())
     finally:
         os._exit(exit_code)

@@ -24,7 +24,7 @@ FS_SUBTYPE = "pyfsmount"
 MNT_DETACH = 2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_ulong, ctypes.c_char_p]
+_libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
@@ -171,19 +171,21 @@ def mountinfo_entries() -> list[tuple[str, str, str]]:
 
 
 def find_our_mount(target: str) -> str | None:
-    """The device id (``major:minor``) of the topmost pyfsmount mount at ``target``."""
-    path = os.path.realpath(target)
+    """The device id (``major:minor``) of the topmost pyfsmount mount at ``target``.
+
+    ``target`` must be canonical already: resolving it now would stat the mount, and
+    a stat waits for a server that may not be serving yet (or ever again).
+    """
     found = None
     for device, mount_point, fs_type in mountinfo_entries():
-        if mount_point == path and fs_type == f"fuse.{FS_SUBTYPE}":
+        if mount_point == target and fs_type == f"fuse.{FS_SUBTYPE}":
             found = device
     return found
 
 
 def is_mounted(target: str, device: str) -> bool:
-    """Whether the mount identified by ``device`` is still attached at ``target``."""
-    path = os.path.realpath(target)
-    return any(d == device and m == path for d, m, _ in mountinfo_entries())
+    """Whether the mount identified by ``device`` is still attached at (canonical) ``target``."""
+    return any(d == device and m == target for d, m, _ in mountinfo_entries())
 
 
 def unescape_mountinfo(field: bytes) -> bytes:
