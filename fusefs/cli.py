@@ -43,6 +43,7 @@ mount options (-o, comma-separated, mount(8) style):
   nosuid, nodev      on by default for untrusted images; suid, dev turn them off
   noexec, noatime    passed to the kernel
   max_memory=BYTES   address-space budget of the driver process (default 512M)
+  sandbox=off        run the driver unconfined (debugging only; loudly warned about)
   noload             ext3/ext4: ignore the journal of an image that needs recovery
   Options mount(8) and fstab use (defaults, nofail, _netdev, x-*, ...) are accepted.
 
@@ -136,6 +137,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.exit(EXIT_USAGE)
     options.fs_type = normalise_type(args.fs_type) or options.fs_type
     options.debug = options.debug or args.debug
+    if not options.sandbox:
+        log.warning(
+            "WARNING: sandbox=off: the driver parses %s unconfined; a crafted image can "
+            "then attack this machine. Use only for debugging.",
+            args.image,
+        )
     try:
         if foreground:
             code = run_foreground(args.image, args.mountpoint, options)

@@ -4,7 +4,7 @@ It owns nothing but the descriptors it was given (the image, read-only, and the 
 socket) and never opens a path itself.  Its life:
 
 1. read its configuration from the control socket;
-2. (confine itself: fusefs.sandbox, when enabled);
+2. confine itself (fusefs.sandbox; skipped only with ``-o sandbox=off``);
 3. open the volume and report ``ok`` or the one-line reason;
 4. receive the already-mounted /dev/fuse descriptor and serve it until unmounted.
 
@@ -27,6 +27,7 @@ from drivers.base import BlockReader, CorruptImage, Unsupported, Volume
 from drivers.registry import open_volume
 from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
+from fusefs.sandbox import SandboxError, SandboxLimits, confine, install_seccomp
 
 log = logging.getLogger("pyfsmount")
 
@@ -67,6 +68,16 @@ async def stop_on_signal(scope: trio.CancelScope) -> None:
 def run(control: socket.socket, image_fd: int) -> int:
     config, _ = recv_message(control)
     setup_logging(bool(config.get("debug")))
+    if config.get("sandbox", True):
+        try:
+            limits = SandboxLimits(max_memory=int(config.get("max_memory") or 512 * 2**20))
+            confine({0, 1, 2, image_fd, control.fileno()}, limits)
+            install_seccomp()
+        except SandboxError as exc:
+            send_message(control, {"ok": False, "error": f"cannot confine the driver: {exc}"})
+            return EXIT_REFUSED
+    else:
+        log.warning("sandbox=off: this driver runs unconfined (debugging only)")
     try:
         volume = open_configured_volume(image_fd, config)
     except (Unsupported, CorruptImage) as exc:

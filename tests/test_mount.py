@@ -1,0 +1,245 @@
+"""Mount life cycle through the real command: ready on return, clean on every way out."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.launcher import (
+    PROJECT,
+    PYFSMOUNT,
+    SAMPLE_IMAGE,
+    as_user,
+    driver_pids,
+    force_unmount,
+    mount_options,
+    mount_source,
+    mounted_fs_type,
+    mountpoint,
+    pids_mentioning,
+    run_pyfsmount,
+    test_user,
+    user_ids,
+    wait_for,
+)
+
+__all__ = ["mountpoint", "test_user"]
+
+README_TEXT = b"This is the pyfsmount sample image."
+
+
+def mount_sample(target: Path, *options: str) -> None:
+    args = [arg for option in options for arg in ("-o", option)]
+    result = run_pyfsmount(*args, str(SAMPLE_IMAGE), str(target))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def daemon_of(target: Path) -> tuple[int, int]:
+    """(supervisor pid, driver pid) serving the mount at ``target``."""
+    supervisors = pids_mentioning(target)
+    assert len(supervisors) == 1, supervisors
+    children = [pid for pid in driver_pids() if parent_of(pid) == supervisors[0]]
+    assert len(children) == 1, children
+    return supervisors[0], children[0]
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+
+
+def assert_gone(target: Path) -> None:
+    wait_for(lambda: mounted_fs_type(target) is None, what=f"{target} to be unmounted")
+    wait_for(lambda: not pids_mentioning(target), what=f"the daemon of {target} to exit")
+
+
+def test_mount_is_ready_when_the_command_returns(mountpoint: Path) -> None:
+    mount_sample(mountpoint)
+    assert mounted_fs_type(mountpoint) == "fuse.pyfsmount"
+    assert (mountpoint / "README.txt").read_bytes().startswith(README_TEXT)
+    assert mount_source(mountpoint) == str(SAMPLE_IMAGE)
+    assert {"ro", "nosuid", "nodev", "default_permissions"} <= mount_options(mountpoint)
+
+
+def test_umount_ends_the_daemon(mountpoint: Path) -> None:
+    mount_sample(mountpoint)
+    _, driver = daemon_of(mountpoint)
+    subprocess.run(["umount", str(mountpoint)], check=True)
+    assert_gone(mountpoint)
+    wait_for(lambda: driver not in driver_pids(), what="the driver to exit")
+
+
+def test_fusermount_unmount_ends_the_daemon(mountpoint: Path) -> None:
+    mount_sample(mountpoint)
+    subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+    assert_gone(mountpoint)
+
+
+@pytest.mark.parametrize("who", ["supervisor", "driver"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_daemon_unmounts(mountpoint: Path, who: str, signum: int) -> None:
+    mount_sample(mountpoint)
+    supervisor, driver = daemon_of(mountpoint)
+    os.kill(supervisor if who == "supervisor" else driver, signum)
+    assert_gone(mountpoint)
+
+
+def test_a_killed_driver_leaves_no_dead_mount(mountpoint: Path) -> None:
+    mount_sample(mountpoint)
+    _, driver = daemon_of(mountpoint)
+    os.kill(driver, signal.SIGKILL)
+    assert_gone(mountpoint)
+
+
+def test_foreground_serves_until_unmounted(mountpoint: Path) -> None:
+    process = subprocess.Popen(
+        [*PYFSMOUNT, "-f", str(SAMPLE_IMAGE), str(mountpoint)],
+        cwd=PROJECT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: mounted_fs_type(mountpoint) is not None, what="the mount")
+        assert (mountpoint / "docs" / "notes" / "one.txt").read_text() == "first note\n"
+        assert process.poll() is None
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=True)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+
+
+def test_debug_logs_every_request(mountpoint: Path) -> None:
+    process = subprocess.Popen(
+        [*PYFSMOUNT, "-d", str(SAMPLE_IMAGE), str(mountpoint)],
+        cwd=PROJECT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: mounted_fs_type(mountpoint) is not None, what="the mount")
+    os.listdir(mountpoint)
+    (mountpoint / "README.txt").read_bytes()
+    subprocess.run(["umount", str(mountpoint)], check=True)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0
+    for request in ("lookup", "readdir", "open", "read"):
+        assert f"pyfsmount: {request}(" in stderr, stderr
+
+
+def test_owner_and_umask_overrides(mountpoint: Path) -> None:
+    mount_sample(mountpoint, "uid=4242,gid=4343,umask=027")
+    st = os.stat(mountpoint / "bin" / "hello")
+    assert (st.st_uid, st.st_gid) == (4242, 4343)
+    assert stat.S_IMODE(st.st_mode) == 0o750
+    assert stat.S_ISREG(st.st_mode)
+
+
+def test_offset_finds_the_file_system_inside_a_larger_image(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    padded = tmp_path / "padded.img"
+    with padded.open("wb") as out:
+        out.write(b"\0" * (1 << 20))
+        out.write(SAMPLE_IMAGE.read_bytes())
+    result = run_pyfsmount("-o", "offset=1M", str(padded), str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    assert (mountpoint / "README.txt").read_bytes().startswith(README_TEXT)
+
+
+def test_mount_helper_and_fstab(mountpoint: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(PYFSMOUNT[0]).parent}:{os.environ['PATH']}"}
+    if shutil.which("pyfsmount", path=env["PATH"]) is None:
+        pytest.fail("the pyfsmount entry point is not installed in the virtualenv")
+    subprocess.run(
+        ["mount", "-t", "fuse.pyfsmount", str(SAMPLE_IMAGE), str(mountpoint), "-o", "ro"],
+        check=True,
+        env=env,
+    )
+    assert (mountpoint / "README.txt").read_bytes().startswith(README_TEXT)
+    subprocess.run(["umount", str(mountpoint)], check=True)
+    assert_gone(mountpoint)
+
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{SAMPLE_IMAGE} {mountpoint} fuse.pyfsmount ro,nofail,noatime 0 0\n")
+    subprocess.run(["mount", "--fstab", str(fstab), str(mountpoint)], check=True, env=env)
+    assert mounted_fs_type(mountpoint) == "fuse.pyfsmount"
+    assert "noatime" in mount_options(mountpoint)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="pyfsmount-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for child in path.iterdir():
+            if child.is_dir():
+                force_unmount(child)
+        shutil.rmtree(path)
+
+
+def test_ordinary_user_mounts_through_fusermount(shared_dir: Path, test_user: str) -> None:
+    uid, gid = user_ids(test_user)
+    image = shared_dir / "sample.img"
+    shutil.copy(SAMPLE_IMAGE, image)
+    os.chown(image, uid, gid)
+    target = shared_dir / "mnt"
+    target.mkdir()
+    os.chown(target, uid, gid)
+    result = run_pyfsmount(str(image), str(target), user=test_user)
+    assert result.returncode == 0, result.stderr
+    try:
+        listing = as_user(test_user, "ls", str(target / "docs"))
+        assert listing.returncode == 0 and "numbers.txt" in listing.stdout, listing.stderr
+        # Without allow_other, not even root may enter another user's FUSE mount.
+        with pytest.raises(PermissionError):
+            os.listdir(target)
+        supervisor = pids_mentioning(target)
+        assert [Path(f"/proc/{pid}").stat().st_uid for pid in supervisor] == [uid]
+    finally:
+        as_user(test_user, "fusermount3", "-u", str(target))
+    assert_gone(target)
+
+
+def test_allow_other_still_enforces_the_image_permissions(
+    mountpoint: Path, tmp_path: Path, test_user: str
+) -> None:
+    tmp_path.chmod(0o755)
+    tmp_path.parent.chmod(0o755)
+    mount_sample(mountpoint, "allow_other")
+    # README.txt is root's, mode 0644; docs/ belongs to uid 1000 and is 0755.
+    readable = as_user(test_user, "cat", str(mountpoint / "README.txt"))
+    assert readable.returncode == 0, readable.stderr
+    denied = as_user(test_user, "touch", str(mountpoint / "README.txt"))
+    assert denied.returncode != 0
+    private = as_user(test_user, "ls", str(mountpoint / "lost+found"))  # mode 0700 root
+    assert private.returncode != 0 and "Permission denied" in private.stderr
+
+
+def test_reads_fail_with_eio_not_a_hang_when_the_image_shrinks(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    """An image truncated under a live mount answers EIO; the mount and daemon stay up."""
+    image = tmp_path / "shrinking.img"
+    shutil.copy(SAMPLE_IMAGE, image)
+    result = run_pyfsmount(str(image), str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    os.truncate(image, 64 * 1024)
+    with pytest.raises(OSError) as failure:
+        (mountpoint / "docs" / "numbers.txt").read_bytes()
+    assert failure.value.errno == errno.EIO
+    assert mounted_fs_type(mountpoint) == "fuse.pyfsmount"
+    assert os.stat(mountpoint).st_mode  # the root (cached or not) still answers
