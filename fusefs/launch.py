@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from typing import IO
 from fusefs.control import ControlError, control_pair, recv_message, send_message
 from fusefs.mount import MountError, MountRequest, find_our_mount, is_mounted, mount_fuse, unmount
 from fusefs.options import MountOptions
+from fusefs.sandbox import driver_killed_by
 
 log = logging.getLogger("pyfsmount")
 
@@ -34,6 +36,9 @@ log = logging.getLogger("pyfsmount")
 OPEN_TIMEOUT = 60.0
 #: How long a driver may take to stop once its mount is gone.
 STOP_TIMEOUT = 10.0
+
+#: What the sandbox's waiting parent says when seccomp killed the driver.
+SECCOMP_KILL_LINE = re.compile(r"driver \(pid (\d+)\) killed by seccomp")
 
 EXIT_USAGE = 1  # mount(8): incorrect invocation or permissions
 EXIT_FAILURE = 32  # mount(8): mount failure
@@ -66,6 +71,14 @@ class DriverProcess:
             if not isinstance(level, int):
                 level, text = logging.WARNING, line
             log.log(level, "%s", text)
+
+    def seccomp_victim(self) -> int | None:
+        """The host pid of a driver the sandbox reported killed by seccomp, if any."""
+        for line in reversed(self.log_tail):
+            match = SECCOMP_KILL_LINE.search(line)
+            if match:
+                return int(match.group(1))
+        return None
 
     def last_words(self) -> str:
         return self.log_tail[-1] if self.log_tail else ""
@@ -150,7 +163,11 @@ def await_verdict(driver: DriverProcess) -> dict[str, object]:
     return reply
 
 
-def describe_exit(code: int) -> str:
+def describe_exit(code: int, seccomp_victim: int | None = None) -> str:
+    """``exit status 2``, ``killed by SIGKILL``, ``killed by seccomp: syscall ptrace``."""
+    if code == -signal.SIGSYS and seccomp_victim is not None:
+        name = driver_killed_by(seccomp_victim)
+        return f"killed by seccomp: syscall {name or 'unknown (kernel log not readable)'}"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"
@@ -183,7 +200,11 @@ class Mount:
         left_over = self.device is not None and is_mounted(self.target, self.device)
         if left_over:
             if not self.stop_requested:
-                log.error("driver for %s ended (%s); unmounting", self.target, describe_exit(code))
+                log.error(
+                    "driver for %s ended (%s); unmounting",
+                    self.target,
+                    describe_exit(code, self.driver.seccomp_victim()),
+                )
             try:
                 unmount(self.target, lazy=True)
             except MountError as exc:
