@@ -63,6 +63,11 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO
 
 
+def describe_args(args: Sequence[object]) -> str:
+    """Request arguments for a log line: numbers and names, not pyfuse3's context objects."""
+    return ", ".join(repr(a) for a in args if isinstance(a, int | bytes | str | tuple | list))
+
+
 def fuse_request(
     method: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -76,7 +81,7 @@ def fuse_request(
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s%r", method.__name__, args[1:])
+            log.debug("%s(%s)", method.__name__, describe_args(args[1:]))
         try:
             return await method(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -84,10 +89,12 @@ def fuse_request(
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, NoSuchAttribute) as exc:
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except (CorruptImage, Unsupported) as exc:
-            log.warning("%s%r: EIO: %s", method.__name__, args[1:], exc)
+            log.warning("%s(%s): EIO: %s", method.__name__, describe_args(args[1:]), exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
-            log.exception("%s%r: driver bug, answering EIO", method.__name__, args[1:])
+            log.exception(
+                "%s(%s): driver bug, answering EIO", method.__name__, describe_args(args[1:])
+            )
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper

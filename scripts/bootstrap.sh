@@ -20,15 +20,22 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    echo "bootstrap: creating .venv" >&2
+# Debian's own Python, so that every user (not only the one who built .venv) can run
+# pyfsmount: ordinary users mount through fusermount3 with the same interpreter.
+PYTHON=${PYTHON:-/usr/bin/python3}
+[ -x "$PYTHON" ] || PYTHON=python3
+if ! grep -qx "home = $(dirname "$(command -v "$PYTHON")")" .venv/pyvenv.cfg 2>/dev/null; then
+    echo "bootstrap: creating .venv with $PYTHON" >&2
+    rm -rf .venv
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.pyfsmount-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "bootstrap: installing pyfsmount into .venv" >&2
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' > .venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
