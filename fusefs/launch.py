@@ -134,9 +134,18 @@ def start_driver(image_fd: int, options: MountOptions) -> DriverProcess:
 
 
 def driver_environment() -> dict[str, str]:
-    """The driver inherits only what Python needs to find the project."""
-    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "PYFSMOUNT_TEST_PAYLOAD")
-    return {name: os.environ[name] for name in keep if name in os.environ}
+    """The driver inherits only what Python needs to find the project.
+
+    ``PYFSMOUNT_TEST_*`` variables reach it too: the test suite's attack payloads
+    (fusefs.sandbox runs one only when such a variable names it; nothing sets them
+    outside the tests).
+    """
+    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL")
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name in keep or name.startswith("PYFSMOUNT_TEST_")
+    }
 
 
 def open_image(path: str) -> int:
@@ -156,7 +165,10 @@ def await_verdict(driver: DriverProcess) -> dict[str, object]:
         raise LaunchError(f"the driver took over {OPEN_TIMEOUT:.0f} s to open the image") from None
     except (ControlError, OSError):
         code = driver.wait()
-        reason = f"the driver died ({describe_exit(code)}): {driver.last_words()}"
+        victim = driver.seccomp_victim()
+        reason = f"the driver died ({describe_exit(code, victim)})"
+        if victim is None and driver.last_words():
+            reason += f": {driver.last_words()}"
         raise LaunchError(reason) from None
     finally:
         driver.control.settimeout(None)

@@ -1,0 +1,117 @@
+"""The real pyfsmount driver, seen from outside while it serves a mount: it is a cell.
+
+tests/test_sandbox.py proves the sandbox itself, attack by attack, on a representative
+driver; this file checks that the driver process the launcher really starts is confined
+the same way, by default, and that an attack inside it is reported by the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tests.launcher import (
+    SAMPLE_IMAGE,
+    driver_pids,
+    mounted_fs_type,
+    mountpoint,
+    pids_mentioning,
+    run_pyfsmount,
+)
+
+__all__ = ["mountpoint"]
+
+NAMESPACES = ("user", "mnt", "pid", "net", "ipc", "uts")
+
+
+def serving_driver(target: Path) -> int:
+    """The host pid of the process that parses the image (the innermost driver)."""
+    supervisor = pids_mentioning(target)
+    assert len(supervisor) == 1
+    family = {supervisor[0]}
+    for _ in range(3):
+        family |= {pid for pid in driver_pids() if parent_of(pid) in family}
+    leaves = [pid for pid in family - {supervisor[0]} if not children_of(pid, family)]
+    assert len(leaves) == 1, family
+    return leaves[0]
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+
+
+def children_of(pid: int, among: set[int]) -> list[int]:
+    return [p for p in among if p != pid and parent_of(p) == pid]
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.strip()
+    return fields
+
+
+def test_the_serving_driver_is_confined(mountpoint: Path) -> None:
+    result = run_pyfsmount("-o", "max_memory=300M", str(SAMPLE_IMAGE), str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    assert (mountpoint / "docs" / "numbers.txt").read_text().startswith("1\n2\n")
+    pid = serving_driver(mountpoint)
+    status = status_fields(pid)
+    assert status["Seccomp"] == "2"
+    assert status["NoNewPrivs"] == "1"
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[caps], 16) == 0, caps
+    assert status["Uid"].split()[0] != "0"
+    for ns in NAMESPACES:
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert re.search(r"Max address space\s+314572800\s+314572800", limits), limits
+    assert re.search(r"Max file size\s+0\s+0", limits), limits
+    assert re.search(r"Max core file size\s+0\s+0", limits), limits
+
+
+def test_the_serving_driver_holds_only_its_image_and_channels(mountpoint: Path) -> None:
+    result = run_pyfsmount(str(SAMPLE_IMAGE), str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    os.listdir(mountpoint)
+    pid = serving_driver(mountpoint)
+    targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    paths = sorted(t for t in targets if t.startswith("/"))
+    assert paths == sorted([str(SAMPLE_IMAGE), "/dev/fuse", "/dev/null", "/dev/null"]), targets
+    others = {re.sub(r"\[\d+\]", "", t) for t in targets if not t.startswith("/")}
+    assert others <= {"pipe:", "socket:", "anon_inode:[eventpoll]"}, targets
+    # Its root is an empty directory: no host path exists for it.
+    assert os.listdir(f"/proc/{pid}/root") == []
+
+
+def test_an_attack_inside_the_driver_is_killed_and_reported(mountpoint: Path) -> None:
+    marker = mountpoint.parent / "executed"
+    result = run_pyfsmount(
+        str(SAMPLE_IMAGE),
+        str(mountpoint),
+        env={"PYFSMOUNT_TEST_PAYLOAD": "execve_sh", "PYFSMOUNT_TEST_MARKER": str(marker)},
+    )
+    assert result.returncode == 32
+    assert "killed by seccomp" in result.stderr and "execve" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    assert mounted_fs_type(mountpoint) is None
+
+
+def test_opening_a_host_file_inside_the_driver_fails(mountpoint: Path) -> None:
+    result = run_pyfsmount(
+        str(SAMPLE_IMAGE), str(mountpoint), env={"PYFSMOUNT_TEST_PAYLOAD": "open_etc_passwd"}
+    )
+    assert result.returncode == 32
+    assert '"open": "EACCES"' in result.stderr, result.stderr
+    assert mounted_fs_type(mountpoint) is None
+
+
+def test_sandbox_off_is_loudly_warned_and_really_off(mountpoint: Path) -> None:
+    result = run_pyfsmount("-o", "sandbox=off", str(SAMPLE_IMAGE), str(mountpoint))
+    assert result.returncode == 0
+    assert "WARNING: sandbox=off" in result.stderr
+    pid = serving_driver(mountpoint)
+    assert status_fields(pid)["Seccomp"] == "0"
