@@ -26,7 +26,15 @@ from types import FrameType
 from typing import IO
 
 from fusefs.control import ControlError, control_pair, recv_message, send_message
-from fusefs.mount import MountError, MountRequest, find_our_mount, is_mounted, mount_fuse, unmount
+from fusefs.mount import (
+    MountError,
+    MountRequest,
+    find_our_mount,
+    is_mounted,
+    mount_fuse,
+    tune_readahead,
+    unmount,
+)
 from fusefs.options import MountOptions
 from fusefs.sandbox import driver_killed_by
 
@@ -251,6 +259,8 @@ def make_mount(image: str, target: str, options: MountOptions) -> Mount:
         driver.wait()
         raise LaunchError(str(exc)) from None
     mount = Mount(target, find_our_mount(target), driver)
+    if mount.device is not None:
+        tune_readahead(mount.device)
     try:
         send_message(driver.control, {"fuse": True}, [fuse_fd])
     finally:

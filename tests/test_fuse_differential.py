@@ -1,0 +1,91 @@
+"""A pyfsmount mount shows exactly what the kernel's own mount of the same image shows.
+
+For every ext option set (tests.support.images.OPTION_SETS) the image is mounted with
+``pyfsmount`` (a real FUSE mount, confined driver, default options) and compared, entry
+by entry, with the kernel's read-only loop mount: names, types, modes, owners, sizes,
+contents, symlink targets, device numbers, link counts and hard-link groups, the three
+timestamps to the nanosecond, and every xattr.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.launcher import mountpoint, run_pyfsmount
+from tests.support.images import BIGDIR_SETS, OPTION_SETS, ImageCache
+from tests.support.scan import assert_same_tree
+
+__all__ = ["mountpoint"]
+
+
+def mount(image: Path, target: Path, *options: str) -> None:
+    args = [arg for option in options for arg in ("-o", option)]
+    result = run_pyfsmount(*args, str(image), str(target))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("option_set", list(OPTION_SETS))
+def test_mount_equals_the_kernel_mount(
+    images: ImageCache, option_set: str, mountpoint: Path
+) -> None:
+    expected = images.kernel_scan("standard", option_set)
+    mount(images.get("standard", option_set), mountpoint)
+    assert_same_tree(None, mountpoint, expected=expected, label=option_set)
+
+
+@pytest.mark.parametrize("option_set", BIGDIR_SETS)
+def test_ten_thousand_entry_directory_equals_the_kernel_mount(
+    images: ImageCache, option_set: str, mountpoint: Path
+) -> None:
+    expected = images.kernel_scan("bigdir", option_set)
+    mount(images.get("bigdir", option_set), mountpoint)
+    assert_same_tree(None, mountpoint, expected=expected, label=f"bigdir/{option_set}")
+
+
+def test_statfs_matches_the_kernel(images: ImageCache, mountpoint: Path) -> None:
+    image = images.get("standard", "ext4")
+    from tests.support.kernel import kernel_mount
+
+    with kernel_mount(image, "ext4") as kernel_root:
+        want = os.statvfs(kernel_root)
+    mount(image, mountpoint)
+    got = os.statvfs(mountpoint)
+    assert (got.f_bsize, got.f_blocks, got.f_files, got.f_namemax) == (
+        want.f_bsize,
+        want.f_blocks,
+        want.f_files,
+        want.f_namemax,
+    )
+    assert (got.f_bfree, got.f_ffree) == (want.f_bfree, want.f_ffree)
+
+
+def test_random_reads_equal_the_kernel(images: ImageCache, mountpoint: Path) -> None:
+    """Reads at arbitrary offsets and sizes, through the page cache and FUSE, as the kernel."""
+    image = images.get("standard", "ext4-1k")
+    from tests.support.kernel import kernel_mount
+
+    rng = random.Random(7)
+    mount(image, mountpoint)
+    with kernel_mount(image, "ext4") as kernel_root:
+        files = [
+            Path(dirpath, name).relative_to(kernel_root)
+            for dirpath, _, names in os.walk(kernel_root)
+            for name in names
+            if Path(dirpath, name).is_file() and not Path(dirpath, name).is_symlink()
+        ]
+        big = sorted(files, key=lambda p: (kernel_root / p).stat().st_size)[-5:]
+        for relative in big:
+            size = (kernel_root / relative).stat().st_size
+            with (kernel_root / relative).open("rb") as want, (mountpoint / relative).open(
+                "rb"
+            ) as got:
+                for _ in range(40):
+                    offset = rng.randrange(0, size + 10)
+                    length = rng.choice([1, 511, 4096, 65537, 1 << 20])
+                    want.seek(offset)
+                    got.seek(offset)
+                    assert got.read(length) == want.read(length), (relative, offset, length)
