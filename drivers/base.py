@@ -106,7 +106,9 @@ class BlockReader:
     __slots__ = ("base", "fd", "size")
 
     def __init__(self, fd: int, base: int = 0, size: int | None = None) -> None:
-        file_size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        # A block device reports st_size 0: its size is where its end is.
+        file_size = info.st_size if stat.S_ISREG(info.st_mode) else os.lseek(fd, 0, os.SEEK_END)
         if base < 0 or base > file_size:
             raise Unsupported(f"offset {base} is outside the image ({file_size} bytes)")
         self.fd = fd

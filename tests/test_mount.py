@@ -178,6 +178,24 @@ def installed_command() -> Iterator[None]:
             link.unlink()
 
 
+def test_a_block_device_mounts_like_an_image_file(mountpoint: Path, tmp_path: Path) -> None:
+    image = tmp_path / "device.img"
+    shutil.copy(SAMPLE_IMAGE, image)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", "--read-only", str(image)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    try:
+        result = run_pyfsmount(device, str(mountpoint))
+        assert result.returncode == 0, result.stderr
+        assert (mountpoint / "README.txt").read_bytes().startswith(README_TEXT)
+        assert mount_source(mountpoint) == device
+    finally:
+        force_unmount(mountpoint)
+        wait_for(lambda: not pids_mentioning(mountpoint), what="the daemon to exit")
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
 def test_mount_helper_and_fstab(mountpoint: Path, tmp_path: Path, installed_command: None) -> None:
     subprocess.run(
         ["mount", "-t", "fuse.pyfsmount", str(SAMPLE_IMAGE), str(mountpoint), "-o", "ro"],
