@@ -14,6 +14,7 @@ from pathlib import Path
 from tests.launcher import (
     SAMPLE_IMAGE,
     driver_pids,
+    force_unmount,
     mounted_fs_type,
     mountpoint,
     pids_mentioning,
@@ -115,3 +116,27 @@ def test_sandbox_off_is_loudly_warned_and_really_off(mountpoint: Path) -> None:
     assert "WARNING: sandbox=off" in result.stderr
     pid = serving_driver(mountpoint)
     assert status_fields(pid)["Seccomp"] == "0"
+
+
+def test_a_memory_bomb_ends_at_the_budget_and_other_mounts_keep_serving(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    result = run_pyfsmount(str(SAMPLE_IMAGE), str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    bombed = tmp_path / "bombed"
+    bombed.mkdir()
+    try:
+        bomb = run_pyfsmount(
+            "-o",
+            "max_memory=256M",
+            str(SAMPLE_IMAGE),
+            str(bombed),
+            env={"PYFSMOUNT_TEST_PAYLOAD": "memory_bomb"},
+        )
+        assert bomb.returncode == 32
+        allocated = re.search(r'"allocated_mib": (\d+)', bomb.stderr)
+        assert allocated and int(allocated.group(1)) < 256, bomb.stderr
+        assert mounted_fs_type(bombed) is None
+    finally:
+        force_unmount(bombed)
+    assert (mountpoint / "docs" / "notes" / "one.txt").read_text() == "first note\n"
