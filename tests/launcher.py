@@ -13,9 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from fusefs.mount import unescape_mountinfo
 
 PROJECT = Path(__file__).resolve().parent.parent
 PYFSMOUNT = [sys.executable, "-m", "fusefs"]
@@ -23,40 +26,44 @@ SAMPLE_IMAGE = PROJECT / "images" / "sample-ext4.img"
 TEST_USER = "pyfsmount-test"
 
 
-def mounted_fs_type(path: str | os.PathLike[str]) -> str | None:
-    """The fstype mounted exactly at ``path`` (topmost), from /proc/self/mountinfo."""
-    target = os.path.realpath(path)
+@dataclass(frozen=True)
+class MountInfo:
+    fs_type: str
+    source: str
+    options: frozenset[str]  # per-mount and super-block options together
+
+
+def mount_at(path: str | os.PathLike[str]) -> MountInfo | None:
+    """The topmost mount exactly at ``path``, from /proc/self/mountinfo (never stats it)."""
+    target = os.fsencode(os.path.realpath(path))
     found = None
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             fields = line.split()
-            mount_point = fields[4].encode().decode("unicode_escape")
-            if mount_point == target:
-                found = fields[fields.index("-") + 1]
+            if unescape_mountinfo(fields[4]) == target:
+                tail = fields.index(b"-")
+                options = fields[5].split(b",") + fields[tail + 3].split(b",")
+                found = MountInfo(
+                    fields[tail + 1].decode(),
+                    os.fsdecode(unescape_mountinfo(fields[tail + 2])),
+                    frozenset(o.decode() for o in options),
+                )
     return found
 
 
-def mount_options(path: str | os.PathLike[str]) -> set[str]:
-    target = os.path.realpath(path)
-    opts: set[str] = set()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == target:
-                super_opts = fields[fields.index("-") + 3]
-                opts = set(fields[5].split(",")) | set(super_opts.split(","))
-    return opts
+def mounted_fs_type(path: str | os.PathLike[str]) -> str | None:
+    info = mount_at(path)
+    return None if info is None else info.fs_type
+
+
+def mount_options(path: str | os.PathLike[str]) -> frozenset[str]:
+    info = mount_at(path)
+    return frozenset() if info is None else info.options
 
 
 def mount_source(path: str | os.PathLike[str]) -> str | None:
-    target = os.path.realpath(path)
-    source = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[4] == target:
-                source = fields[fields.index("-") + 2]
-    return source
+    info = mount_at(path)
+    return None if info is None else info.source
 
 
 def wait_for(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:

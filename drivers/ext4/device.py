@@ -14,7 +14,7 @@ from drivers.ext4.superblock import Superblock
 __all__ = ["BlockDevice"]
 
 #: Bytes of metadata blocks kept in memory.
-META_CACHE_BYTES = 16 << 20
+META_CACHE_BYTES = 2 << 20
 
 
 class BlockDevice:

@@ -73,12 +73,16 @@ __all__ = ["Ext4Volume"]
 
 EXT4_ROOT_INO = 2
 HOLE = -1
-INODE_CACHE_BYTES = 32 << 20
-ATTR_CACHE_ENTRIES = 65536
-DIR_CACHE_BYTES = 16 << 20
-EXTENT_CACHE_BYTES = 4 << 20
-INDIRECT_CACHE_BYTES = 8 << 20
-MAPPER_CACHE_ENTRIES = 4096
+# Cache budgets. Under FUSE the kernel keeps attributes and directory entries for the
+# life of the mount, so these caches only need to hold the working set of requests in
+# flight (a readdirplus batch, an open file's mapping), not the whole volume: they
+# are what keeps a driver's memory flat on a volume of any size.
+INODE_CACHE_BYTES = 1 << 20
+ATTR_CACHE_ENTRIES = 2048
+DIR_CACHE_BYTES = 2 << 20
+EXTENT_CACHE_BYTES = 2 << 20
+INDIRECT_CACHE_BYTES = 2 << 20
+MAPPER_CACHE_ENTRIES = 1024
 #: Errors that decoding crafted bytes may raise; at the public boundary they mean corruption.
 _DECODING_ERRORS = (
     struct.error,
