@@ -146,6 +146,11 @@ def test_owner_and_umask_overrides(mountpoint: Path) -> None:
     assert stat.S_ISREG(st.st_mode)
 
 
+def test_fsname_names_the_source_in_the_mount_table(mountpoint: Path) -> None:
+    mount_sample(mountpoint, "fsname=backup-disk")
+    assert mount_source(mountpoint) == "backup-disk"
+
+
 def test_offset_finds_the_file_system_inside_a_larger_image(
     mountpoint: Path, tmp_path: Path
 ) -> None:

@@ -231,48 +231,48 @@ def parse_inode(sb: Superblock, ino: int, raw: bytes) -> Inode:
     mismatch, an unused (deleted) inode, a negative size, a bogus file type, an
     out-of-range xattr block, an impossible fast symlink.
     """
-    f = INODE.unpack(raw + _PAD[len(raw) :] if len(raw) < INODE.size else raw)
+    f = INODE.unpack_record(raw + _PAD[len(raw) :] if len(raw) < INODE.size else raw)
     if len(raw) > EXT4_GOOD_OLD_INODE_SIZE:
-        extra_isize = f["i_extra_isize"]
+        extra_isize = f.i_extra_isize
         if EXT4_GOOD_OLD_INODE_SIZE + extra_isize > len(raw) or extra_isize & 3:
             raise CorruptImage(f"inode {ino}: bad extra_isize {extra_isize}")
     else:
         extra_isize = 0
-    generation = f["i_generation"]
+    generation = f.i_generation
     if sb.metadata_csum and sb.creator_os != EXT4_OS_HURD:
-        provided = f["l_i_checksum_lo"]
+        provided = f.l_i_checksum_lo
         calculated = inode_checksum(sb, ino, raw, generation, extra_isize)
         if len(raw) > EXT4_GOOD_OLD_INODE_SIZE and _has_csum_hi(extra_isize):
-            provided |= f["i_checksum_hi"] << 16
+            provided |= f.i_checksum_hi << 16
         if provided != calculated:
             raise CorruptImage(
                 f"inode {ino}: checksum invalid (stored 0x{provided:x}, computed 0x{calculated:x})"
             )
-    mode = f["i_mode"]
-    nlink = f["i_links_count"]
+    mode = f.i_mode
+    nlink = f.i_links_count
     if nlink == 0:
         raise CorruptImage(f"inode {ino} is not in use (deleted or never allocated)")
     if stat.S_IFMT(mode) not in _FILE_TYPES:
         raise CorruptImage(f"inode {ino}: bogus i_mode ({mode:o})")
-    flags = f["i_flags"]
+    flags = f.i_flags
 
-    uid = f["i_uid"] | f["l_i_uid_high"] << 16
-    gid = f["i_gid"] | f["l_i_gid_high"] << 16
+    uid = f.i_uid | f.l_i_uid_high << 16
+    gid = f.i_gid | f.l_i_gid_high << 16
     if sb.incompat & INCOMPAT_LARGEDIR or stat.S_ISREG(mode):
-        size = f["i_size_lo"] | f["i_size_high"] << 32
+        size = f.i_size_lo | f.i_size_high << 32
         if size >= 1 << 63:
             raise CorruptImage(f"inode {ino}: bad i_size value")
     else:
-        size = f["i_size_lo"]
+        size = f.i_size_lo
     if sb.ro_compat & RO_COMPAT_HUGE_FILE:
-        blocks = f["i_blocks_lo"] | f["l_i_blocks_high"] << 32
+        blocks = f.i_blocks_lo | f.l_i_blocks_high << 32
         if flags & EXT4_HUGE_FILE_FL:
             blocks <<= sb.block_bits - 9
     else:
-        blocks = f["i_blocks_lo"]
-    file_acl = f["i_file_acl_lo"]
+        blocks = f.i_blocks_lo
+    file_acl = f.i_file_acl_lo
     if sb.incompat & INCOMPAT_64BIT:
-        file_acl |= f["l_i_file_acl_high"] << 32
+        file_acl |= f.l_i_file_acl_high << 32
 
     big = len(raw) > EXT4_GOOD_OLD_INODE_SIZE
 
@@ -291,15 +291,15 @@ def parse_inode(sb: Superblock, ino: int, raw: bytes) -> Inode:
         generation=generation,
         file_acl=file_acl,
         atime_ns=decode_time(
-            f["i_atime"], f["i_atime_extra"] if big and extra_isize >= _ATIME_EXTRA_FROM else None
+            f.i_atime, f.i_atime_extra if big and extra_isize >= _ATIME_EXTRA_FROM else None
         ),
         mtime_ns=decode_time(
-            f["i_mtime"], f["i_mtime_extra"] if big and extra_isize >= _MTIME_EXTRA_FROM else None
+            f.i_mtime, f.i_mtime_extra if big and extra_isize >= _MTIME_EXTRA_FROM else None
         ),
         ctime_ns=decode_time(
-            f["i_ctime"], f["i_ctime_extra"] if big and extra_isize >= _CTIME_EXTRA_FROM else None
+            f.i_ctime, f.i_ctime_extra if big and extra_isize >= _CTIME_EXTRA_FROM else None
         ),
-        i_block=f["i_block"],
+        i_block=f.i_block,
         extra_isize=extra_isize,
         raw=raw,
         csum_seed=inode_csum_seed(sb.csum_seed, ino, generation) if sb.metadata_csum else 0,

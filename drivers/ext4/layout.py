@@ -13,6 +13,7 @@ all ext4 uses; anything else is a programming error caught at import time.
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from typing import Any
 
 import construct
@@ -47,7 +48,9 @@ class Layout:
     come in declaration order (``index`` gives a field's position among them).
     """
 
-    __slots__ = ("_groups", "construct", "index", "names", "offsets", "packer", "size")
+    __slots__ = (
+        "_groups", "_make_record", "construct", "index", "names", "offsets", "packer", "size"
+    )
 
     def __init__(self, declaration: construct.Struct) -> None:
         self.construct = declaration
@@ -75,6 +78,17 @@ class Layout:
         self.offsets = offsets
         self._groups = tuple(groups) if any(groups) else None
         self.index = {name: i for i, name in enumerate(names)} if self._groups is None else {}
+        # A named tuple per structure (when it has no arrays): attribute access by the
+        # format's own field names at tuple speed, for the hottest decoders.
+        self._make_record: Any = None
+        if self._groups is None:
+            self._make_record = namedtuple(declaration.name or "Record", names)._make  # type: ignore[misc,attr-defined]
+
+    def unpack_record(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> Any:
+        """Decode into a named tuple (``rec.i_mode``); layouts without arrays only."""
+        if self._make_record is None:
+            raise TypeError("unpack_record needs a layout without arrays")
+        return self._make_record(self.packer.unpack_from(buf, offset))
 
     def unpack(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
         """Decode the structure at ``offset`` of ``buf`` (struct.error if it does not fit)."""
