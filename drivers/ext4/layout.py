@@ -82,7 +82,8 @@ class Layout:
         # format's own field names at tuple speed, for the hottest decoders.
         self._make_record: Any = None
         if self._groups is None:
-            self._make_record = namedtuple(declaration.name or "Record", names)._make  # type: ignore[misc,attr-defined]
+            record: Any = namedtuple(declaration.name or "Record", names)  # type: ignore[misc]
+            self._make_record = record._make
 
     def unpack_record(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> Any:
         """Decode into a named tuple (``rec.i_mode``); layouts without arrays only."""
