@@ -181,28 +181,31 @@ class VolumeOperations(pyfuse3.Operations):
 
     @fuse_request
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
-        for dirent in self.volume.readdir(self.to_driver(fh), start_id):
-            attrs = self.listed_entry(dirent.ino, dirent.name)
-            if not pyfuse3.readdir_reply(token, dirent.name, attrs, dirent.next_offset):
+        volume, entry, reply = self.volume, self.entry, pyfuse3.readdir_reply  # hot loop
+        for dirent in volume.readdir(self.to_driver(fh), start_id):
+            try:
+                attrs = entry(volume.getattr(dirent.ino))
+            except CorruptImage as exc:
+                attrs = self.unreadable_entry(dirent.ino, dirent.name, exc)
+            if not reply(token, dirent.name, attrs, dirent.next_offset):
                 break
 
-    def listed_entry(self, ino: int, name: bytes) -> pyfuse3.EntryAttributes:
+    def unreadable_entry(
+        self, ino: int, name: bytes, exc: CorruptImage
+    ) -> pyfuse3.EntryAttributes:
         """Attributes for readdirplus; a bad inode must not hide its whole directory.
 
         The kernel lists a name whose inode is corrupt and fails only a stat of it.
         Here the name is listed with placeholder attributes the kernel may not cache,
         so the next lookup or stat asks again and gets EIO.
         """
-        try:
-            return self.entry(self.volume.getattr(ino))
-        except CorruptImage as exc:
-            log.warning("readdir: %r (inode %d): %s", name, ino, exc)
-            placeholder = pyfuse3.EntryAttributes()
-            placeholder.st_ino = InodeT(self.to_fuse(ino))
-            placeholder.st_mode = stat.S_IFREG
-            placeholder.entry_timeout = 0
-            placeholder.attr_timeout = 0
-            return placeholder
+        log.warning("readdir: %r (inode %d): %s", name, ino, exc)
+        placeholder = pyfuse3.EntryAttributes()
+        placeholder.st_ino = InodeT(self.to_fuse(ino))
+        placeholder.st_mode = stat.S_IFREG
+        placeholder.entry_timeout = 0
+        placeholder.attr_timeout = 0
+        return placeholder
 
     @fuse_request
     async def releasedir(self, fh: FileHandleT) -> None:
