@@ -31,6 +31,7 @@ from tests.test_ext4_unit_helpers import (
     kernel_mount,
     make_tree,
     mkfs,
+    path_ino,
     read_all,
 )
 
@@ -40,13 +41,6 @@ pytestmark = pytest.mark.skipif(not can_mount(), reason="needs root, e2fsprogs a
 def volume_impl(volume: Volume) -> _Impl:
     assert isinstance(volume, _Impl)
     return volume
-
-
-def path_ino(volume: Volume, path: str) -> int:
-    ino = volume.root_ino
-    for part in path.strip("/").split("/"):
-        ino = volume.lookup(ino, part.encode())
-    return ino
 
 
 def patch_huge_file(image: Path) -> None:

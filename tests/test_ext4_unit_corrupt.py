@@ -18,43 +18,22 @@ import drivers
 from drivers.base import BlockReader, CorruptImage, Unsupported
 from drivers.ext4.checksum import ext4_chksum
 from drivers.ext4.volume import Ext4Volume
-from tests.test_ext4_unit_helpers import debugfs, kernel_mount, make_tree, mkfs
+from tests.test_ext4_unit_helpers import (
+    debugfs,
+    inode_offset,
+    kernel_mount,
+    make_tree,
+    mkfs,
+    open_ext4,
+    patch,
+    path_ino,
+    read,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mke2fs") is None,
     reason="needs root and e2fsprogs",
 )
-
-
-def open_ext4(image: Path, **options: str) -> Ext4Volume:
-    volume = drivers.open_image(image, options=options or None)
-    assert isinstance(volume, Ext4Volume)
-    return volume
-
-
-def path_ino(volume: Ext4Volume, path: str) -> int:
-    ino = volume.root_ino
-    for part in path.strip("/").split("/"):
-        ino = volume.lookup(ino, part.encode())
-    return ino
-
-
-def inode_offset(volume: Ext4Volume, ino: int) -> int:
-    sb = volume.sb
-    group, index = divmod(ino - 1, sb.inodes_per_group)
-    return volume.groups.inode_table[group] * sb.block_size + index * sb.inode_size
-
-
-def patch(image: Path, offset: int, data: bytes) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
-def read(image: Path, offset: int, size: int) -> bytes:
-    with open(image, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
 
 
 def walk(volume: Ext4Volume) -> int:

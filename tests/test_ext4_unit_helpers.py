@@ -17,7 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import drivers
 from drivers.base import Attr, Volume
+from drivers.ext4.volume import Ext4Volume
+from tests.support.scan import attr_of_stat
 
 __all__ = [
     "can_mount",
@@ -213,20 +216,7 @@ def kernel_mount(image: Path, *options: str) -> Iterator[Path]:
 
 
 def kernel_attr(path: Path) -> Attr:
-    st = os.lstat(path)
-    return Attr(
-        ino=st.st_ino,
-        mode=st.st_mode,
-        nlink=st.st_nlink,
-        uid=st.st_uid,
-        gid=st.st_gid,
-        size=st.st_size,
-        rdev=st.st_rdev,
-        blocks=st.st_blocks,
-        atime_ns=st.st_atime_ns,
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-    )
+    return attr_of_stat(os.lstat(path))
 
 
 def kernel_xattrs(path: Path) -> dict[bytes, bytes]:
@@ -277,3 +267,34 @@ def compare_tree(volume: Volume, mnt: Path) -> int:
                 assert read_all(volume, ino, attr.size) == child.read_bytes(), child
             compared += 1
     return compared
+
+
+def open_ext4(image: Path, **options: str) -> Ext4Volume:
+    volume = drivers.open_image(image, options=options or None)
+    assert isinstance(volume, Ext4Volume)
+    return volume
+
+
+def path_ino(volume: Volume, path: str) -> int:
+    ino = volume.root_ino
+    for part in path.strip("/").split("/"):
+        ino = volume.lookup(ino, part.encode())
+    return ino
+
+
+def inode_offset(volume: Ext4Volume, ino: int) -> int:
+    sb = volume.sb
+    group, index = divmod(ino - 1, sb.inodes_per_group)
+    return volume.groups.inode_table[group] * sb.block_size + index * sb.inode_size
+
+
+def patch(image: Path, offset: int, data: bytes) -> None:
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def read(image: Path, offset: int, size: int) -> bytes:
+    with open(image, "rb") as f:
+        f.seek(offset)
+        return f.read(size)

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import drivers
-from drivers.ext4 import Ext4Volume
 from tests.launcher import (
     PYFSMOUNT,
     SAMPLE_IMAGE,
@@ -26,7 +24,7 @@ from tests.launcher import (
     run_pyfsmount,
     wait_for,
 )
-from tests.test_ext4_unit_corrupt import inode_offset, patch, path_ino
+from tests.test_ext4_unit_helpers import inode_offset, open_ext4, patch, path_ino
 
 __all__ = ["mountpoint"]
 
@@ -35,12 +33,6 @@ def sample_copy(tmp_path: Path) -> Path:
     image = tmp_path / "sample.img"
     shutil.copy(SAMPLE_IMAGE, image)
     return image
-
-
-def open_ext4(image: Path) -> Ext4Volume:
-    volume = drivers.open_image(image)
-    assert isinstance(volume, Ext4Volume)
-    return volume
 
 
 def corrupt_inode_checksum(image: Path, path: str) -> None:

@@ -15,6 +15,7 @@ from tests.support.scan import (
     Entry,
     assert_same_tree,
     assert_scans_equal,
+    attr_of_stat,
     diff_scans,
     scan_path,
     scan_path_isolated,
@@ -52,20 +53,7 @@ class PathVolume(Volume):
         raise NotImplementedError
 
     def getattr(self, ino: int) -> Attr:
-        st = os.lstat(self.paths[ino])
-        return Attr(
-            ino=st.st_ino,
-            mode=st.st_mode,
-            nlink=st.st_nlink,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            size=st.st_size,
-            rdev=st.st_rdev,
-            blocks=st.st_blocks,
-            atime_ns=st.st_atime_ns,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-        )
+        return attr_of_stat(os.lstat(self.paths[ino]))
 
     def lookup(self, dir_ino: int, name: bytes) -> int:
         return os.lstat(os.path.join(self.paths[dir_ino], name)).st_ino

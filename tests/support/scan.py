@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from drivers.base import Attr
+
 if TYPE_CHECKING:
-    from drivers.base import Attr, Volume
+    from drivers.base import Volume
 
 #: Bytes read per call when hashing file contents.
 CHUNK = 1 << 20
@@ -54,6 +56,23 @@ KINDS: dict[int, str] = {
     stat.S_IFIFO: "fifo",
     stat.S_IFSOCK: "sock",
 }
+
+
+def attr_of_stat(st: os.stat_result) -> Attr:
+    """What a driver's getattr should answer for a file the kernel stats as ``st``."""
+    return Attr(
+        ino=st.st_ino,
+        mode=st.st_mode,
+        nlink=st.st_nlink,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=st.st_size,
+        rdev=st.st_rdev,
+        blocks=st.st_blocks,
+        atime_ns=st.st_atime_ns,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+    )
 
 
 def kind_of(mode: int) -> str:
