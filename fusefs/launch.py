@@ -29,6 +29,7 @@ from fusefs.control import ControlError, control_pair, recv_message, send_messag
 from fusefs.mount import (
     MountError,
     MountRequest,
+    check_mountpoint,
     find_our_mount,
     is_mounted,
     mount_fuse,
@@ -237,6 +238,10 @@ class Mount:
 def make_mount(image: str, target: str, options: MountOptions) -> Mount:
     """Open, validate, mount and hand over: return once the mount is being served."""
     target = os.path.realpath(target)  # canonical now: once mounted, resolving it would block
+    try:
+        check_mountpoint(target)
+    except MountError as exc:
+        raise LaunchError(str(exc), EXIT_USAGE) from None
     image_fd = open_image(image)
     try:
         driver = start_driver(image_fd, options)

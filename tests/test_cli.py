@@ -94,7 +94,9 @@ def test_mountpoint_must_be_a_directory(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     result = run_pyfsmount(str(SAMPLE_IMAGE), str(not_a_dir))
-    assert_one_line_failure(result, 32, "not a directory")
+    assert_one_line_failure(result, 1, "not a directory")
+    result = run_pyfsmount(str(SAMPLE_IMAGE), str(tmp_path / "missing"))
+    assert_one_line_failure(result, 1, "missing", "No such file")
 
 
 def test_options_fold_in_order_with_safe_defaults() -> None:
