@@ -34,13 +34,23 @@ class BlockDevice:
                 f"{what} {block}(+{count}) is outside the file system ({self.blocks_count} blocks)"
             )
 
-    def meta_block(self, block: int, what: str = "metadata block") -> bytes:
-        """One whole block, cached (for structures that are read again and again)."""
+    def meta_block(self, block: int, what: str = "metadata block", ahead: int = 1) -> bytes:
+        """One whole block, cached (for structures that are read again and again).
+
+        On a miss, ``ahead`` blocks from ``block`` on are read in one request and cached
+        (the caller bounds it to the structure): the kernel reads inode tables ahead
+        the same way (inode_readahead_blks), and one 128 KiB read of a cold image costs
+        what a 4 KiB one does.
+        """
         data = self.cache.get(block)
         if data is None:
-            self.check(block, 1, what)
-            data = self.reader.read(block << self.block_bits, self.block_size)
-            self.cache.put(block, data, self.block_size)
+            ahead = max(1, min(ahead, self.blocks_count - block))
+            self.check(block, ahead, what)
+            size = self.block_size
+            run = self.reader.read(block << self.block_bits, ahead * size)
+            for i in range(ahead - 1, -1, -1):  # the wanted block is the most recent
+                self.cache.put(block + i, run[i * size : (i + 1) * size], size)
+            data = run[:size]
         return data
 
     def read_blocks(self, block: int, count: int) -> bytes:

@@ -83,6 +83,8 @@ DIR_CACHE_BYTES = 2 << 20
 EXTENT_CACHE_BYTES = 2 << 20
 INDIRECT_CACHE_BYTES = 2 << 20
 MAPPER_CACHE_ENTRIES = 1024
+#: Inode table blocks read at once on a miss, as the kernel's default inode_readahead_blks.
+INODE_READAHEAD_BLOCKS = 32
 #: Errors that decoding crafted bytes may raise; at the public boundary they mean corruption.
 _DECODING_ERRORS = (
     struct.error,
@@ -212,8 +214,10 @@ class Ext4Volume(Volume):
             raise CorruptImage(f"inode number {ino} out of range 1..{sb.inodes_count}")
         group, index = divmod(ino - 1, sb.inodes_per_group)
         byte = index * sb.inode_size
-        block = self.groups.inode_table[group] + (byte >> sb.block_bits)
-        data = self.dev.meta_block(block, "inode table block")
+        table = self.groups.inode_table[group]
+        block = table + (byte >> sb.block_bits)
+        ahead = min(INODE_READAHEAD_BLOCKS, table + sb.inode_table_blocks - block)
+        data = self.dev.meta_block(block, "inode table block", ahead)
         start = byte & (sb.block_size - 1)
         inode = parse_inode(sb, ino, data[start : start + sb.inode_size])
         # In-inode xattrs are checked at iget, and tell whether the inode is inline.
