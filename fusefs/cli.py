@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import logging.handlers
 import os
@@ -73,6 +74,7 @@ def build_parser() -> Parser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("-V", "--version", action="version", version=f"pyfsmount {version()}")
     parser.add_argument("image", metavar="IMAGE", help="disk image file or block device")
     parser.add_argument("mountpoint", metavar="DIR", help="directory to mount on")
     parser.add_argument("-t", "--type", dest="fs_type", metavar="TYPE",
@@ -89,6 +91,13 @@ def build_parser() -> Parser:
     parser.add_argument("-n", dest="no_mtab", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="say more about what happens")
     return parser
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("pyfsmount")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def normalise_type(fs_type: str | None) -> str | None:

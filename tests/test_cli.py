@@ -43,6 +43,12 @@ def test_help_describes_usage_options_and_exit_status() -> None:
         assert text in result.stdout
 
 
+def test_version_is_printed() -> None:
+    result = run_pyfsmount("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("pyfsmount 0.")
+
+
 def test_missing_arguments_is_a_usage_error() -> None:
     result = run_pyfsmount()
     assert result.returncode == 1
