@@ -68,9 +68,6 @@ class MountOptions:
     debug: bool = False
     driver_options: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
-
 
 def parse_size(text: str, what: str) -> int:
     """``4096``, ``1M``, ``2g``, ``0x1000`` -> bytes."""
