@@ -29,6 +29,7 @@ from pyfuse3 import (
 )
 
 from drivers.base import Attr, CorruptImage, NoSuchAttribute, Unsupported, Volume
+from fusefs.prefetch import DirectoryPrefetcher
 
 log = logging.getLogger("pyfsmount")
 
@@ -113,6 +114,8 @@ class VolumeOperations(pyfuse3.Operations):
         self.overrides = overrides or AttrOverrides()
         self.block_size = max(512, min(volume.statfs().block_size, 1 << 20))
         self._no_xattrs = not volume.has_xattrs
+        #: Set by the serving loop: decodes the next directories of a walk while idle.
+        self.prefetcher: DirectoryPrefetcher | None = None
 
     # Inode numbers: FUSE's root is 1, a driver's root is whatever its format says.
     # Swapping the two numbers keeps the mapping a bijection with no table.
@@ -182,13 +185,20 @@ class VolumeOperations(pyfuse3.Operations):
     @fuse_request
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
         volume, entry, reply = self.volume, self.entry, pyfuse3.readdir_reply  # hot loop
-        for dirent in volume.readdir(self.to_driver(fh), start_id):
+        dir_ino = self.to_driver(fh)
+        subdirectories = []
+        for dirent in volume.readdir(dir_ino, start_id):
             try:
-                attrs = entry(volume.getattr(dirent.ino))
+                attr = volume.getattr(dirent.ino)
+                attrs = entry(attr)
+                if attr.is_dir:
+                    subdirectories.append(dirent.ino)
             except CorruptImage as exc:
                 attrs = self.unreadable_entry(dirent.ino, dirent.name, exc)
             if not reply(token, dirent.name, attrs, dirent.next_offset):
                 break
+        if self.prefetcher is not None:
+            self.prefetcher.listed(dir_ino, subdirectories, first=start_id == 0)
 
     def unreadable_entry(
         self, ino: int, name: bytes, exc: CorruptImage

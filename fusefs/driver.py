@@ -27,6 +27,7 @@ from drivers.base import BlockReader, CorruptImage, Unsupported, Volume
 from drivers.registry import open_volume
 from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
+from fusefs.prefetch import DirectoryPrefetcher
 from fusefs.sandbox import SandboxError, SandboxLimits, confine, install_seccomp
 
 log = logging.getLogger("pyfsmount")
@@ -49,10 +50,12 @@ def open_configured_volume(image_fd: int, config: dict[str, Any]) -> Volume:
     return open_volume(reader, config.get("fs_type"), config.get("driver_options") or {})
 
 
-async def serve_until_stopped() -> None:
+async def serve_until_stopped(operations: VolumeOperations) -> None:
     """Serve FUSE requests until the mount goes away or SIGTERM/SIGINT/SIGHUP arrives."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+        operations.prefetcher = DirectoryPrefetcher(operations.volume)
+        nursery.start_soon(operations.prefetcher.run)
         await pyfuse3.main()  # returns when the kernel ends the connection (unmount)
         nursery.cancel_scope.cancel()
 
@@ -99,7 +102,7 @@ def run(control: socket.socket, image_fd: int) -> int:
     pyfuse3.init(operations, f"/dev/fd/{fds[0]}", set())
     try:
         send_message(control, {"serving": True})
-        trio.run(serve_until_stopped)
+        trio.run(serve_until_stopped, operations)
     finally:
         pyfuse3.close(unmount=False)
     return EXIT_OK
