@@ -83,6 +83,8 @@ DIR_CACHE_BYTES = 2 << 20
 EXTENT_CACHE_BYTES = 2 << 20
 INDIRECT_CACHE_BYTES = 2 << 20
 MAPPER_CACHE_ENTRIES = 1024
+_S_IFMT = 0o170000
+_DEVICE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK})
 #: Inode table blocks read at once on a miss, as the kernel's default inode_readahead_blks.
 INODE_READAHEAD_BLOCKS = 32
 #: Errors that decoding crafted bytes may raise; at the public boundary they mean corruption.
@@ -314,24 +316,25 @@ class Ext4Volume(Volume):
         if cached is not None:
             return cached
         inode = self._inode(ino)
+        mode = inode.mode
+        file_type = mode & _S_IFMT
         blocks = inode.blocks
-        if inode.inline and inode.is_reg:
+        if inode.inline and file_type == stat.S_IFREG:
             blocks += (inode.size + 511) >> 9  # as ext4_file_getattr reports inline files
-        rdev = 0
-        if stat.S_IFMT(inode.mode) in (stat.S_IFCHR, stat.S_IFBLK):
-            rdev = decode_rdev(inode.i_block)
+        rdev = decode_rdev(inode.i_block) if file_type in _DEVICE_TYPES else 0
+        # Positional, in Attr's field order: this runs once per entry of every listing.
         attr = Attr(
-            ino=ino,
-            mode=inode.mode,
-            nlink=inode.nlink,
-            uid=inode.uid,
-            gid=inode.gid,
-            size=inode.size,
-            rdev=rdev,
-            blocks=blocks,
-            atime_ns=inode.atime_ns,
-            mtime_ns=inode.mtime_ns,
-            ctime_ns=inode.ctime_ns,
+            ino,
+            mode,
+            inode.nlink,
+            inode.uid,
+            inode.gid,
+            inode.size,
+            rdev,
+            blocks,
+            inode.atime_ns,
+            inode.mtime_ns,
+            inode.ctime_ns,
         )
         return self._attrs.put(ino, attr)
 
