@@ -138,7 +138,7 @@ def start_driver(image_fd: int, options: MountOptions) -> DriverProcess:
         target=driver.forward_log, args=(process.stderr,), daemon=True
     )
     driver.log_thread.start()
-    send_message(ours, {**driver_config(options)})
+    send_message(ours, driver_config(options))
     return driver
 
 

@@ -124,7 +124,7 @@ def mount_with_fusermount(request: MountRequest) -> int:
 
 
 def mount_fuse(request: MountRequest) -> int:
-    check_mountpoint(request.target)
+    """The mounted channel fd; the caller has checked the mount point (check_mountpoint)."""
     if os.geteuid() == 0:
         return mount_as_root(request)
     return mount_with_fusermount(request)

@@ -129,6 +129,16 @@ def run_pyfsmount(
     )
 
 
+def mount_image(
+    image: str | os.PathLike[str], target: str | os.PathLike[str], *options: str
+) -> subprocess.CompletedProcess[str]:
+    """``pyfsmount [-o OPT]... IMAGE TARGET``, which must succeed."""
+    args = [arg for option in options for arg in ("-o", option)]
+    result = run_pyfsmount(*args, os.fspath(image), os.fspath(target))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.fixture
 def mountpoint(tmp_path: Path) -> Iterator[Path]:
     """An empty directory to mount on; whatever is mounted there is gone afterwards."""

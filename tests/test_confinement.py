@@ -15,6 +15,7 @@ from tests.launcher import (
     SAMPLE_IMAGE,
     driver_pids,
     force_unmount,
+    mount_image,
     mounted_fs_type,
     mountpoint,
     pids_mentioning,
@@ -55,8 +56,7 @@ def status_fields(pid: int) -> dict[str, str]:
 
 
 def test_the_serving_driver_is_confined(mountpoint: Path) -> None:
-    result = run_pyfsmount("-o", "max_memory=300M", str(SAMPLE_IMAGE), str(mountpoint))
-    assert result.returncode == 0, result.stderr
+    mount_image(SAMPLE_IMAGE, mountpoint, "max_memory=300M")
     assert (mountpoint / "docs" / "numbers.txt").read_text().startswith("1\n2\n")
     pid = serving_driver(mountpoint)
     status = status_fields(pid)
@@ -74,8 +74,7 @@ def test_the_serving_driver_is_confined(mountpoint: Path) -> None:
 
 
 def test_the_serving_driver_holds_only_its_image_and_channels(mountpoint: Path) -> None:
-    result = run_pyfsmount(str(SAMPLE_IMAGE), str(mountpoint))
-    assert result.returncode == 0, result.stderr
+    mount_image(SAMPLE_IMAGE, mountpoint)
     os.listdir(mountpoint)
     pid = serving_driver(mountpoint)
     targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
@@ -121,8 +120,7 @@ def test_sandbox_off_is_loudly_warned_and_really_off(mountpoint: Path) -> None:
 def test_a_memory_bomb_ends_at_the_budget_and_other_mounts_keep_serving(
     mountpoint: Path, tmp_path: Path
 ) -> None:
-    result = run_pyfsmount(str(SAMPLE_IMAGE), str(mountpoint))
-    assert result.returncode == 0, result.stderr
+    mount_image(SAMPLE_IMAGE, mountpoint)
     bombed = tmp_path / "bombed"
     bombed.mkdir()
     try:

@@ -15,17 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher import mountpoint, run_pyfsmount
+from tests.launcher import mount_image, mountpoint
 from tests.support.images import BIGDIR_SETS, OPTION_SETS, ImageCache
 from tests.support.scan import assert_same_tree
 
 __all__ = ["mountpoint"]
-
-
-def mount(image: Path, target: Path, *options: str) -> None:
-    args = [arg for option in options for arg in ("-o", option)]
-    result = run_pyfsmount(*args, str(image), str(target))
-    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("option_set", list(OPTION_SETS))
@@ -33,7 +27,7 @@ def test_mount_equals_the_kernel_mount(
     images: ImageCache, option_set: str, mountpoint: Path
 ) -> None:
     expected = images.kernel_scan("standard", option_set)
-    mount(images.get("standard", option_set), mountpoint)
+    mount_image(images.get("standard", option_set), mountpoint)
     assert_same_tree(None, mountpoint, expected=expected, label=option_set)
 
 
@@ -42,7 +36,7 @@ def test_ten_thousand_entry_directory_equals_the_kernel_mount(
     images: ImageCache, option_set: str, mountpoint: Path
 ) -> None:
     expected = images.kernel_scan("bigdir", option_set)
-    mount(images.get("bigdir", option_set), mountpoint)
+    mount_image(images.get("bigdir", option_set), mountpoint)
     assert_same_tree(None, mountpoint, expected=expected, label=f"bigdir/{option_set}")
 
 
@@ -52,7 +46,7 @@ def test_statfs_matches_the_kernel(images: ImageCache, mountpoint: Path) -> None
 
     with kernel_mount(image, "ext4") as kernel_root:
         want = os.statvfs(kernel_root)
-    mount(image, mountpoint)
+    mount_image(image, mountpoint)
     got = os.statvfs(mountpoint)
     assert (got.f_bsize, got.f_blocks, got.f_files, got.f_namemax) == (
         want.f_bsize,
@@ -69,7 +63,7 @@ def test_random_reads_equal_the_kernel(images: ImageCache, mountpoint: Path) -> 
     from tests.support.kernel import kernel_mount
 
     rng = random.Random(7)
-    mount(image, mountpoint)
+    mount_image(image, mountpoint)
     with kernel_mount(image, "ext4") as kernel_root:
         files = [
             Path(dirpath, name).relative_to(kernel_root)

@@ -21,6 +21,7 @@ from tests.launcher import (
     as_user,
     driver_pids,
     force_unmount,
+    mount_image,
     mount_options,
     mount_source,
     mounted_fs_type,
@@ -38,10 +39,7 @@ README_TEXT = b"This is the pyfsmount sample image."
 
 
 def mount_sample(target: Path, *options: str) -> None:
-    args = [arg for option in options for arg in ("-o", option)]
-    result = run_pyfsmount(*args, str(SAMPLE_IMAGE), str(target))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    assert mount_image(SAMPLE_IMAGE, target, *options).stderr == ""
 
 
 def daemon_of(target: Path) -> tuple[int, int]:
@@ -158,8 +156,7 @@ def test_offset_finds_the_file_system_inside_a_larger_image(
     with padded.open("wb") as out:
         out.write(b"\0" * (1 << 20))
         out.write(SAMPLE_IMAGE.read_bytes())
-    result = run_pyfsmount("-o", "offset=1M", str(padded), str(mountpoint))
-    assert result.returncode == 0, result.stderr
+    mount_image(padded, mountpoint, "offset=1M")
     assert (mountpoint / "README.txt").read_bytes().startswith(README_TEXT)
 
 
@@ -292,8 +289,7 @@ def test_reads_fail_with_eio_not_a_hang_when_the_image_shrinks(
     """An image truncated under a live mount answers EIO; the mount and daemon stay up."""
     image = tmp_path / "shrinking.img"
     shutil.copy(SAMPLE_IMAGE, image)
-    result = run_pyfsmount(str(image), str(mountpoint))
-    assert result.returncode == 0, result.stderr
+    mount_image(image, mountpoint)
     os.truncate(image, 64 * 1024)
     with pytest.raises(OSError) as failure:
         (mountpoint / "docs" / "numbers.txt").read_bytes()

@@ -246,25 +246,7 @@ def entry_of_path(path: bytes, *, contents: bool = True) -> Entry:
         except OSError as exc:
             errors.append(f"readlink: {_describe(exc)}")
     xattrs = _path_xattrs(path, errors)
-    return Entry(
-        kind=kind,
-        mode=st.st_mode,
-        uid=st.st_uid,
-        gid=st.st_gid,
-        size=st.st_size,
-        nlink=st.st_nlink,
-        rdev=st.st_rdev if kind in ("chr", "blk") else 0,
-        blocks=st.st_blocks,
-        atime_ns=st.st_atime_ns,
-        mtime_ns=st.st_mtime_ns,
-        ctime_ns=st.st_ctime_ns,
-        sha256=digest,
-        target=target,
-        xattrs=xattrs,
-        errors=tuple(errors),
-        ino=st.st_ino,
-        pieces=pieces,
-    )
+    return _entry(kind, attr_of_stat(st), digest, pieces, target, xattrs, errors)
 
 
 def scan_path(
@@ -398,6 +380,19 @@ def entry_of_attr(
         except Exception as exc:
             errors.append(f"readlink: {_describe(exc)}")
     xattrs = _volume_xattrs(volume, attr.ino, errors)
+    return _entry(kind, attr, digest, pieces, target, xattrs, errors)
+
+
+def _entry(
+    kind: str,
+    attr: Attr,
+    digest: str | None,
+    pieces: tuple[str, ...],
+    target: bytes | None,
+    xattrs: dict[bytes, bytes],
+    errors: list[str],
+) -> Entry:
+    """One Entry, whichever view (a mounted path or the library) the attributes came from."""
     return Entry(
         kind=kind,
         mode=attr.mode,
