@@ -63,9 +63,12 @@ _LBLK_LIMIT = 1 << 32
 HOLE = -1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExtentNode:
     """One checked node: sorted start blocks and, per entry, what it points to.
+
+    Treat as immutable (nodes are shared through caches); not ``frozen``, whose
+    __init__ costs several times more, and every cold stat of a file decodes a root.
 
     For an index node ``targets`` are child blocks; for a leaf they are
     ``(physical start, length, uninitialized)``.
@@ -167,6 +170,7 @@ class ExtentTree:
         ino: int,
         i_block: bytes,
         csum_seed: int,
+        root: ExtentNode | None = None,
     ) -> None:
         self.sb = sb
         self.validity = validity
@@ -174,7 +178,7 @@ class ExtentTree:
         self.cache = cache
         self.ino = ino
         self.csum_seed = csum_seed
-        self.root = root_node(validity, ino, i_block)
+        self.root = root_node(validity, ino, i_block) if root is None else root
         if self.root.depth > EXT4_MAX_EXTENT_DEPTH:
             raise CorruptImage(f"inode {ino} has invalid extent depth: {self.root.depth}")
 

@@ -13,10 +13,11 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import construct as c
 
-from drivers.base import CorruptImage
+from drivers.base import Attr, CorruptImage
 from drivers.ext4.checksum import ext4_chksum, inode_csum_seed
 from drivers.ext4.layout import Layout
 from drivers.ext4.superblock import (
@@ -28,6 +29,9 @@ from drivers.ext4.superblock import (
     RO_COMPAT_HUGE_FILE,
     Superblock,
 )
+
+if TYPE_CHECKING:
+    from drivers.ext4.extents import ExtentNode
 
 __all__ = [
     "EXT4_GOOD_OLD_INODE_SIZE",
@@ -79,6 +83,7 @@ INODE = Layout(
     )
 )
 _PAD = bytes(INODE.size)
+_INODE_UNPACK = INODE.packer.unpack_from
 _INO_GEN = struct.Struct("<II")
 _CSUM_LO = INODE.offset_of("l_i_checksum_lo")
 _CSUM_HI = INODE.offset_of("i_checksum_hi")
@@ -180,6 +185,10 @@ class Inode:
     # "system.data" xattr in its body; ``inline_tail`` is that xattr's value.
     inline: bool = False
     inline_tail: bytes = b""
+    # Set by the volume once the inode passed every check of iget: what stat(2) shows.
+    attr: Attr | None = None
+    # The checked root of the extent tree (extent-mapped inodes), kept for mapping.
+    extent_root: ExtentNode | None = None
 
     @property
     def file_type(self) -> int:
@@ -230,80 +239,114 @@ def parse_inode(sb: Superblock, ino: int, raw: bytes) -> Inode:
     Raises CorruptImage for what the kernel's iget rejects: bad i_extra_isize, checksum
     mismatch, an unused (deleted) inode, a negative size, a bogus file type, an
     out-of-range xattr block, an impossible fast symlink.
+
+    This runs once per entry of every cold listing, so it unpacks the whole struct in
+    one call into locals (no record object) and calls nothing it can inline.
     """
-    f = INODE.unpack_record(raw + _PAD[len(raw) :] if len(raw) < INODE.size else raw)
-    if len(raw) > EXT4_GOOD_OLD_INODE_SIZE:
-        extra_isize = f.i_extra_isize
-        if EXT4_GOOD_OLD_INODE_SIZE + extra_isize > len(raw) or extra_isize & 3:
+    size_on_disk = len(raw)
+    (
+        mode,
+        i_uid,
+        i_size_lo,
+        i_atime,
+        i_ctime,
+        i_mtime,
+        _dtime,
+        i_gid,
+        nlink,
+        i_blocks_lo,
+        flags,
+        _version,
+        i_block,
+        generation,
+        i_file_acl_lo,
+        i_size_high,
+        _faddr,
+        i_blocks_high,
+        i_file_acl_high,
+        i_uid_high,
+        i_gid_high,
+        checksum_lo,
+        _reserved,
+        extra_isize,
+        checksum_hi,
+        ctime_extra,
+        mtime_extra,
+        atime_extra,
+        *_,
+    ) = _INODE_UNPACK(raw if size_on_disk >= INODE.size else raw + _PAD[size_on_disk:])
+    big = size_on_disk > EXT4_GOOD_OLD_INODE_SIZE
+    if big:
+        if EXT4_GOOD_OLD_INODE_SIZE + extra_isize > size_on_disk or extra_isize & 3:
             raise CorruptImage(f"inode {ino}: bad extra_isize {extra_isize}")
     else:
         extra_isize = 0
-    generation = f.i_generation
-    if sb.metadata_csum and sb.creator_os != EXT4_OS_HURD:
-        provided = f.l_i_checksum_lo
-        calculated = inode_checksum(sb, ino, raw, generation, extra_isize)
-        if len(raw) > EXT4_GOOD_OLD_INODE_SIZE and _has_csum_hi(extra_isize):
-            provided |= f.i_checksum_hi << 16
-        if provided != calculated:
-            raise CorruptImage(
-                f"inode {ino}: checksum invalid (stored 0x{provided:x}, computed 0x{calculated:x})"
-            )
-    mode = f.i_mode
-    nlink = f.i_links_count
+    csum_seed = 0
+    if sb.metadata_csum:
+        csum_seed = inode_csum_seed(sb.csum_seed, ino, generation)
+        if sb.creator_os != EXT4_OS_HURD:
+            _check_inode_checksum(sb, ino, raw, generation, extra_isize, checksum_lo, checksum_hi)
     if nlink == 0:
         raise CorruptImage(f"inode {ino} is not in use (deleted or never allocated)")
-    if stat.S_IFMT(mode) not in _FILE_TYPES:
+    file_type = mode & 0o170000
+    if file_type not in _FILE_TYPES:
         raise CorruptImage(f"inode {ino}: bogus i_mode ({mode:o})")
-    flags = f.i_flags
-
-    uid = f.i_uid | f.l_i_uid_high << 16
-    gid = f.i_gid | f.l_i_gid_high << 16
-    if sb.incompat & INCOMPAT_LARGEDIR or stat.S_ISREG(mode):
-        size = f.i_size_lo | f.i_size_high << 32
+    if file_type == stat.S_IFREG or sb.incompat & INCOMPAT_LARGEDIR:
+        size = i_size_lo | i_size_high << 32
         if size >= 1 << 63:
             raise CorruptImage(f"inode {ino}: bad i_size value")
     else:
-        size = f.i_size_lo
+        size = i_size_lo
     if sb.ro_compat & RO_COMPAT_HUGE_FILE:
-        blocks = f.i_blocks_lo | f.l_i_blocks_high << 32
+        blocks = i_blocks_lo | i_blocks_high << 32
         if flags & EXT4_HUGE_FILE_FL:
             blocks <<= sb.block_bits - 9
     else:
-        blocks = f.i_blocks_lo
-    file_acl = f.i_file_acl_lo
-    if sb.incompat & INCOMPAT_64BIT:
-        file_acl |= f.l_i_file_acl_high << 32
-
-    big = len(raw) > EXT4_GOOD_OLD_INODE_SIZE
-
-    if stat.S_ISLNK(mode) and flags & (EXT4_IMMUTABLE_FL | EXT4_APPEND_FL):
-        raise CorruptImage(f"inode {ino}: immutable or append flags not allowed on symlinks")
-
-    return Inode(
-        ino=ino,
-        mode=mode,
-        uid=uid,
-        gid=gid,
-        nlink=nlink,
-        size=size,
-        blocks=blocks,
-        flags=flags,
-        generation=generation,
-        file_acl=file_acl,
-        atime_ns=decode_time(
-            f.i_atime, f.i_atime_extra if big and extra_isize >= _ATIME_EXTRA_FROM else None
-        ),
-        mtime_ns=decode_time(
-            f.i_mtime, f.i_mtime_extra if big and extra_isize >= _MTIME_EXTRA_FROM else None
-        ),
-        ctime_ns=decode_time(
-            f.i_ctime, f.i_ctime_extra if big and extra_isize >= _CTIME_EXTRA_FROM else None
-        ),
-        i_block=f.i_block,
-        extra_isize=extra_isize,
-        raw=raw,
-        csum_seed=inode_csum_seed(sb.csum_seed, ino, generation) if sb.metadata_csum else 0,
+        blocks = i_blocks_lo
+    file_acl = (
+        i_file_acl_lo | i_file_acl_high << 32 if sb.incompat & INCOMPAT_64BIT else i_file_acl_lo
     )
+    if file_type == stat.S_IFLNK and flags & (EXT4_IMMUTABLE_FL | EXT4_APPEND_FL):
+        raise CorruptImage(f"inode {ino}: immutable or append flags not allowed on symlinks")
+    return Inode(
+        ino,
+        mode,
+        i_uid | i_uid_high << 16,
+        i_gid | i_gid_high << 16,
+        nlink,
+        size,
+        blocks,
+        flags,
+        generation,
+        file_acl,
+        decode_time(i_atime, atime_extra if extra_isize >= _ATIME_EXTRA_FROM else None),
+        decode_time(i_mtime, mtime_extra if extra_isize >= _MTIME_EXTRA_FROM else None),
+        decode_time(i_ctime, ctime_extra if extra_isize >= _CTIME_EXTRA_FROM else None),
+        i_block,
+        extra_isize,
+        raw,
+        csum_seed,
+    )
+
+
+def _check_inode_checksum(
+    sb: Superblock,
+    ino: int,
+    raw: bytes,
+    generation: int,
+    extra_isize: int,
+    checksum_lo: int,
+    checksum_hi: int,
+) -> None:
+    """ext4_inode_csum_verify: CorruptImage unless the stored checksum matches."""
+    provided = checksum_lo
+    if len(raw) > EXT4_GOOD_OLD_INODE_SIZE and _has_csum_hi(extra_isize):
+        provided |= checksum_hi << 16
+    calculated = inode_checksum(sb, ino, raw, generation, extra_isize)
+    if provided != calculated:
+        raise CorruptImage(
+            f"inode {ino}: checksum invalid (stored 0x{provided:x}, computed 0x{calculated:x})"
+        )
 
 
 def is_fast_symlink(sb: Superblock, inode: Inode) -> bool:

@@ -77,8 +77,9 @@ HOLE = -1
 # life of the mount, so these caches only need to hold the working set of requests in
 # flight (a readdirplus batch, an open file's mapping), not the whole volume: they
 # are what keeps a driver's memory flat on a volume of any size.
-INODE_CACHE_BYTES = 1 << 20
-ATTR_CACHE_ENTRIES = 2048
+INODE_CACHE_BYTES = 2 << 20
+#: What a cached inode costs beyond its on-disk bytes: the decoded fields and its Attr.
+INODE_OVERHEAD_BYTES = 550
 DIR_CACHE_BYTES = 2 << 20
 EXTENT_CACHE_BYTES = 2 << 20
 INDIRECT_CACHE_BYTES = 2 << 20
@@ -119,6 +120,30 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R]:
 Mapper = Callable[[int], tuple[int, int, bool]]
 
 
+def _attr_of(inode: Inode) -> Attr:
+    """What stat(2) shows for a checked inode, as the kernel's ext4_getattr fills it."""
+    mode = inode.mode
+    file_type = mode & _S_IFMT
+    blocks = inode.blocks
+    if inode.inline and file_type == stat.S_IFREG:
+        blocks += (inode.size + 511) >> 9  # as ext4_file_getattr reports inline files
+    rdev = decode_rdev(inode.i_block) if file_type in _DEVICE_TYPES else 0
+    # Positional, in Attr's field order: this runs once per entry of every listing.
+    return Attr(
+        inode.ino,
+        mode,
+        inode.nlink,
+        inode.uid,
+        inode.gid,
+        inode.size,
+        rdev,
+        blocks,
+        inode.atime_ns,
+        inode.mtime_ns,
+        inode.ctime_ns,
+    )
+
+
 class Ext4Volume(Volume):
     """A read-only ext2/ext3/ext4 volume."""
 
@@ -134,7 +159,6 @@ class Ext4Volume(Volume):
         self.groups = GroupTable(sb, self.dev)
         self.validity = BlockValidity(sb, self.groups)
         self._inodes: BoundedCache[int, Inode] = BoundedCache(INODE_CACHE_BYTES)
-        self._attrs: BoundedCache[int, Attr] = BoundedCache(ATTR_CACHE_ENTRIES)
         self._dir_blocks: BoundedCache[tuple[int, int], DirBlock] = BoundedCache(DIR_CACHE_BYTES)
         self._extent_nodes: BoundedCache[tuple[int, int, int], ExtentNode] = BoundedCache(
             EXTENT_CACHE_BYTES
@@ -232,7 +256,8 @@ class Ext4Volume(Volume):
         if inode.file_acl and not self.validity.valid(inode.file_acl, 1, ino):
             raise CorruptImage(f"inode {ino}: bad extended attribute block {inode.file_acl}")
         self._check_blocks(inode)
-        self._inodes.put(ino, inode, sb.inode_size + 400)
+        inode.attr = _attr_of(inode)
+        self._inodes.put(ino, inode, sb.inode_size + INODE_OVERHEAD_BYTES)
         return inode
 
     def _check_blocks(self, inode: Inode) -> None:
@@ -249,7 +274,7 @@ class Ext4Volume(Volume):
             return
         if inode.is_reg or inode.is_dir or inode.is_symlink:
             if inode.flags & EXT4_EXTENTS_FL:
-                root_node(self.validity, inode.ino, inode.i_block)
+                inode.extent_root = root_node(self.validity, inode.ino, inode.i_block)
             else:
                 check_i_block(self.validity, inode.ino, inode.i_block)
 
@@ -274,6 +299,7 @@ class Ext4Volume(Volume):
                     inode.ino,
                     inode.i_block,
                     inode.csum_seed,
+                    inode.extent_root,
                 )
                 mapper = tree.lookup
             else:
@@ -312,31 +338,9 @@ class Ext4Volume(Volume):
 
     @_guarded
     def getattr(self, ino: int) -> Attr:
-        cached = self._attrs.get(ino)
-        if cached is not None:
-            return cached
-        inode = self._inode(ino)
-        mode = inode.mode
-        file_type = mode & _S_IFMT
-        blocks = inode.blocks
-        if inode.inline and file_type == stat.S_IFREG:
-            blocks += (inode.size + 511) >> 9  # as ext4_file_getattr reports inline files
-        rdev = decode_rdev(inode.i_block) if file_type in _DEVICE_TYPES else 0
-        # Positional, in Attr's field order: this runs once per entry of every listing.
-        attr = Attr(
-            ino,
-            mode,
-            inode.nlink,
-            inode.uid,
-            inode.gid,
-            inode.size,
-            rdev,
-            blocks,
-            inode.atime_ns,
-            inode.mtime_ns,
-            inode.ctime_ns,
-        )
-        return self._attrs.put(ino, attr)
+        attr = self._inode(ino).attr
+        assert attr is not None  # set by _load
+        return attr
 
     def _dir(self, ino: int) -> Inode:
         inode = self._inode(ino)
