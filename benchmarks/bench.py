@@ -2,12 +2,15 @@
 
     sudo .venv/bin/python benchmarks/bench.py            # full: 20k files + a 512 MiB file
     sudo .venv/bin/python benchmarks/bench.py --quick    # small tree, a 64 MiB file, 1 run
+    sudo .venv/bin/python benchmarks/bench.py --format squashfs-zstd --only pyfsmount
 
-For each mounter of the image (kernel loop mount, fuse2fs, pyfsmount) and each run, the
-image is mounted afresh and the page cache dropped, so every figure is cold. Reported:
-mount-to-first-stat, a ``find -printf`` stat walk, a sequential read of the big file,
-reading every small file, random 4 KiB reads of the big file, and the daemon's peak RSS.
-Medians over the runs, then each mounter's ratio to the kernel and to fuse2fs.
+One source tree is packed into an image per format (ext4 by mkfs.ext4, squashfs with
+gzip and with zstd by mksquashfs). For each format, each of its mounters (the kernel's
+loop mount, the C FUSE drivers: fuse2fs, squashfuse, squashfuse_ll; pyfsmount) and each
+run, the image is mounted afresh and the page cache dropped, so every figure is cold.
+Reported: mount-to-first-stat, a ``find -printf`` stat walk, a sequential read of the
+big file, reading every small file, random 4 KiB reads of the big file, and the daemon's
+peak RSS. Medians over the runs, then pyfsmount's ratio to each other mounter.
 """
 
 from __future__ import annotations
@@ -47,34 +50,67 @@ QUICK = Scale(files=2_000, dirs=40, max_file=16 * 1024, big_file=64 << 20, runs=
               random_reads=1000)
 
 
+def text_corpus(rng: random.Random, size: int) -> bytes:
+    """Word-like text, compressible about as much as real files (gzip ~2.5x), not more."""
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    words = ["".join(rng.choices(letters, k=rng.randint(2, 10))) for _ in range(4000)]
+    out = bytearray()
+    while len(out) < size:
+        out += " ".join(rng.choices(words, k=16)).encode() + b"\n"
+    return bytes(out[:size])
+
+
 def build_tree(root: Path, scale: Scale) -> None:
     rng = random.Random(1234)
+    corpus = text_corpus(rng, 8 << 20)
     for d in range(scale.dirs):
         (root / f"d{d:03d}").mkdir(parents=True)
     for i in range(scale.files):
         size = rng.randint(0, scale.max_file)
-        (root / f"d{i % scale.dirs:03d}" / f"f{i:05d}").write_bytes(rng.randbytes(size))
+        start = rng.randrange(0, len(corpus) - size)
+        (root / f"d{i % scale.dirs:03d}" / f"f{i:05d}").write_bytes(corpus[start:start + size])
     with (root / "big").open("wb") as big:
-        chunk = rng.randbytes(1 << 20)
         for _ in range(scale.big_file >> 20):
-            big.write(chunk)
+            start = rng.randrange(0, len(corpus) - (1 << 20))
+            big.write(corpus[start:start + (1 << 20)])
 
 
-def ext4_image(scale: Scale) -> Path:
-    name = "quick" if scale is QUICK else "full"
-    image = WORK / f"ext4-{name}.img"
-    if image.exists():
-        return image
-    WORK.mkdir(exist_ok=True)
-    src = Path(tempfile.mkdtemp(dir=WORK))
-    try:
-        build_tree(src, scale)
-        size_mib = (scale.big_file >> 20) + scale.files * scale.max_file // 2 // (1 << 20) + 200
-        subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-d", str(src), str(image), f"{size_mib}M"], check=True
-        )
-    finally:
-        shutil.rmtree(src)
+def source_tree(scale: Scale) -> Path:
+    """The generated tree every image of this scale is packed from (kept in WORK)."""
+    tree = WORK / f"tree-{scale_name(scale)}"
+    complete = tree.with_suffix(".complete")
+    if not complete.exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        build_tree(tree, scale)
+        complete.touch()
+    return tree
+
+
+def scale_name(scale: Scale) -> str:
+    return "quick" if scale is QUICK else "full"
+
+
+def make_ext4(src: Path, image: Path, scale: Scale) -> None:
+    size_mib = (scale.big_file >> 20) + scale.files * scale.max_file // 2 // (1 << 20) + 200
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-d", str(src), str(image), f"{size_mib}M"], check=True
+    )
+
+
+def make_squashfs(*options: str) -> Callable[[Path, Path, Scale], None]:
+    def make(src: Path, image: Path, scale: Scale) -> None:
+        subprocess.run(["mksquashfs", str(src), str(image), "-noappend", "-quiet",
+                        "-no-progress", *options], check=True)
+    return make
+
+
+def image_of(fmt: Format, scale: Scale) -> Path:
+    image = WORK / f"{fmt.name}-{scale_name(scale)}.img"
+    if not image.exists():
+        WORK.mkdir(exist_ok=True)
+        partial = image.with_suffix(".partial")
+        fmt.make(source_tree(scale), partial, scale)
+        partial.rename(image)
     return image
 
 
@@ -100,6 +136,27 @@ class Kernel(Mounter):
         subprocess.run(["mount", "-o", "loop,ro", str(image), str(target)], check=True)
 
 
+@dataclass(frozen=True)
+class Format:
+    """One image format: how to make it, who mounts it, whom pyfsmount is compared with."""
+
+    name: str
+    make: Callable[[Path, Path, Scale], None]
+    mounters: Callable[[], list[Mounter]]
+
+
+FORMATS = [
+    Format("ext4", make_ext4,
+           lambda: [Kernel(), Fuse2fs(), Pyfsmount(), Pyfsmount("sandbox=off")]),
+    Format("squashfs-gzip", make_squashfs("-comp", "gzip"),
+           lambda: [Kernel(), Squashfuse("squashfuse"), Squashfuse("squashfuse_ll"),
+                    Pyfsmount()]),
+    Format("squashfs-zstd", make_squashfs("-comp", "zstd"),
+           lambda: [Kernel(), Squashfuse("squashfuse"), Squashfuse("squashfuse_ll"),
+                    Pyfsmount()]),
+]
+
+
 class Fuse2fs(Mounter):
     name = "fuse2fs"
 
@@ -109,6 +166,18 @@ class Fuse2fs(Mounter):
 
     def daemon_pids(self, target: Path) -> list[int]:
         return pids_with(b"fuse2fs", os.fsencode(target))
+
+
+class Squashfuse(Mounter):
+    def __init__(self, program: str) -> None:
+        self.name = program
+
+    def mount(self, image: Path, target: Path) -> None:
+        subprocess.run([self.name, str(image), str(target)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def daemon_pids(self, target: Path) -> list[int]:
+        return pids_with(os.fsencode(self.name), os.fsencode(target))
 
 
 class Pyfsmount(Mounter):
@@ -244,7 +313,7 @@ def wait_unmounted(target: Path) -> None:
 LOWER_IS_BETTER = {"mount+stat ms", "stat walk s", "small files s", "peak RSS MiB"}
 
 
-def report(table: dict[str, dict[str, float]], scale: Scale) -> str:
+def report(table: dict[str, dict[str, float]], scale: Scale, fmt: Format) -> str:
     metrics = list(next(iter(table.values())).keys() | {"peak RSS MiB"})
     order = ["mount+stat ms", "stat walk s", "seq read MB/s", "small files s",
              "random 4K ops/s", "peak RSS MiB"]
@@ -259,16 +328,17 @@ def report(table: dict[str, dict[str, float]], scale: Scale) -> str:
     for name, row in table.items():
         if not name.startswith("pyfsmount"):
             continue
-        for other in ("kernel", "fuse2fs"):
-            if other not in table:
+        for other in table:
+            if other.startswith("pyfsmount"):
                 continue
             ratios = []
             for m in metrics:
                 if m in row and m in table[other] and table[other][m]:
                     ratios.append(f"{m} {row[m] / table[other][m]:.2f}x")
             lines.append(f"- {name} vs {other}: " + ", ".join(ratios))
-    header = (f"{scale.files} files of 0-{scale.max_file // 1024} KiB in {scale.dirs} dirs + "
-              f"one {scale.big_file >> 20} MiB file; medians of {scale.runs} cold run(s)")
+    header = (f"{fmt.name}: {scale.files} files of 0-{scale.max_file // 1024} KiB in "
+              f"{scale.dirs} dirs + one {scale.big_file >> 20} MiB file; "
+              f"medians of {scale.runs} cold run(s)")
     return header + "\n\n" + "\n".join(lines)
 
 
@@ -278,24 +348,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small image, one run")
     parser.add_argument("--runs", type=int, help="runs per mounter (median is reported)")
     parser.add_argument("--only", action="append", help="mounter names to run (repeatable)")
+    parser.add_argument("--format", action="append", choices=[f.name for f in FORMATS],
+                        help="formats to run (repeatable; default: all)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.py needs root (loop mounts, drop_caches)")
     scale = QUICK if args.quick else FULL
     if args.runs:
         scale = Scale(**{**scale.__dict__, "runs": args.runs})
-    image = ext4_image(scale)
-    mounters: list[Mounter] = [Kernel(), Fuse2fs(), Pyfsmount(), Pyfsmount("sandbox=off")]
-    if args.only:
-        mounters = [m for m in mounters if m.name in args.only]
-    table: dict[str, dict[str, float]] = {}
-    for mounter in mounters:
-        runs = [measure(mounter, image, scale) for _ in range(scale.runs)]
-        table[mounter.name] = {k: statistics.median(r[k] for r in runs if k in r)
-                               for k in runs[0]}
-        print(f"{mounter.name}: {table[mounter.name]}", file=sys.stderr)
-    print(report(table, scale))
-
+    formats = [f for f in FORMATS if not args.format or f.name in args.format]
+    for fmt in formats:
+        image = image_of(fmt, scale)
+        mounters = [m for m in fmt.mounters() if not args.only or m.name in args.only]
+        table: dict[str, dict[str, float]] = {}
+        for mounter in mounters:
+            runs = [measure(mounter, image, scale) for _ in range(scale.runs)]
+            table[mounter.name] = {k: statistics.median(r[k] for r in runs if k in r)
+                                   for k in runs[0]}
+            print(f"{fmt.name} {mounter.name}: {table[mounter.name]}", file=sys.stderr)
+        if table:
+            print(report(table, scale, fmt) + "\n", flush=True)
 
 if __name__ == "__main__":
     main()

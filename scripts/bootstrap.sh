@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv e2fsprogs fuse2fs
-                 squashfs-tools squashfuse dosfstools mtools attr acl libseccomp2 util-linux strace)
+                 squashfs-tools squashfs-tools-ng squashfuse liblzo2-2 dosfstools mtools attr acl
+                 libseccomp2 util-linux strace)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -189,6 +189,137 @@ OPTION_SETS: dict[str, OptionSet] = {
 BIGDIR_SETS = ("ext4", "htree", "htree-1k")
 
 
+@dataclass(frozen=True)
+class SquashfsOptionSet:
+    """One way of making a squashfs image: a tool and its arguments.
+
+    ``tool`` is ``mksquashfs`` (the source directory), ``sqfstar`` or ``tar2sqfs`` (a tar
+    of it on stdin) or ``gensquashfs`` (``--pack-dir``).  ``oracle`` names the set whose
+    kernel mount shows the same tree, for images the kernel refuses to mount (legacy
+    lzma, which squashfuse and pyfsmount read).
+    """
+
+    name: str
+    args: tuple[str, ...] = ()
+    tool: str = "mksquashfs"
+    oracle: str | None = None
+    description: str = ""
+
+    @property
+    def fstype(self) -> str:
+        return "squashfs"
+
+    def command(self, src: str | os.PathLike[str], image: str | os.PathLike[str]) -> list[str]:
+        if self.tool == "mksquashfs":
+            quiet = ("-noappend", "-quiet", "-no-progress", "-mkfs-time", str(FAKE_TIME))
+            return ["mksquashfs", os.fspath(src), os.fspath(image), *quiet, *self.args]
+        if self.tool == "sqfstar":
+            quiet = ("-quiet", "-no-progress", "-mkfs-time", str(FAKE_TIME))
+            return ["sqfstar", *quiet, *self.args, os.fspath(image)]
+        if self.tool == "tar2sqfs":
+            return ["tar2sqfs", "--quiet", "--force", *self.args, os.fspath(image)]
+        if self.tool == "gensquashfs":
+            pack = ("--pack-dir", os.fspath(src), "--keep-time", "--keep-xattr", "--force")
+            return ["gensquashfs", "--quiet", *pack, *self.args, os.fspath(image)]
+        raise ValueError(f"unknown squashfs tool {self.tool}")
+
+
+SQUASHFS_SETS: dict[str, SquashfsOptionSet] = {
+    o.name: o
+    for o in (
+        SquashfsOptionSet("sq-gzip", description="mksquashfs defaults: gzip, 128 KiB blocks"),
+        SquashfsOptionSet("sq-xz", ("-comp", "xz")),
+        SquashfsOptionSet("sq-xz-bcj", ("-comp", "xz", "-Xbcj", "x86"), description="xz + BCJ"),
+        SquashfsOptionSet("sq-lzo", ("-comp", "lzo")),
+        SquashfsOptionSet("sq-lz4", ("-comp", "lz4", "-Xhc")),
+        SquashfsOptionSet("sq-zstd", ("-comp", "zstd", "-Xcompression-level", "19")),
+        SquashfsOptionSet(
+            "sq-lzma",
+            ("-comp", "lzma"),
+            oracle="sq-gzip",
+            description="legacy lzma: the kernel refuses it, squashfuse reads it",
+        ),
+        SquashfsOptionSet(
+            "sq-uncompressed", ("-noI", "-noD", "-noF", "-noX"), description="nothing compressed"
+        ),
+        SquashfsOptionSet("sq-no-fragments", ("-no-fragments",)),
+        SquashfsOptionSet("sq-always-fragments", ("-always-use-fragments",)),
+        SquashfsOptionSet("sq-4k", ("-b", "4K"), description="4 KiB blocks: many block lists"),
+        SquashfsOptionSet("sq-1m", ("-b", "1M", "-comp", "zstd")),
+        SquashfsOptionSet("sq-no-xattrs", ("-no-xattrs",)),
+        SquashfsOptionSet("sq-all-root", ("-all-root",)),
+        SquashfsOptionSet(
+            "sq-sqfstar", ("-comp", "zstd"), tool="sqfstar", description="sqfstar from a tar"
+        ),
+        SquashfsOptionSet(
+            "sq-tar2sqfs",
+            ("--compressor", "xz"),
+            tool="tar2sqfs",
+            description="squashfs-tools-ng's tar2sqfs: another writer's layout",
+        ),
+        SquashfsOptionSet(
+            "sq-gensquashfs",
+            ("--compressor", "lz4"),
+            tool="gensquashfs",
+            description="squashfs-tools-ng's gensquashfs --pack-dir",
+        ),
+    )
+}
+
+
+def build_squashfs(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    option_set: str | SquashfsOptionSet,
+    *,
+    manifest: Manifest | None = None,
+) -> Path:
+    """Make a squashfs image of ``src`` at ``dest`` with one of :data:`SQUASHFS_SETS`."""
+    opt = SQUASHFS_SETS[option_set] if isinstance(option_set, str) else option_set
+    dest = Path(dest)
+    dest.unlink(missing_ok=True)
+    if manifest is not None:
+        restore_times(manifest)
+    if opt.tool == "mksquashfs":
+        _run(opt.command(src, dest))
+        return dest
+    with tempfile.TemporaryDirectory(prefix="sq-src-") as tmp:
+        # squashfs-tools-ng and sqfstar refuse what mksquashfs takes in its stride:
+        # POSIX ACL xattrs and times outside squashfs's unsigned 32-bit seconds.
+        portable = Path(tmp) / "tree"
+        _run(["cp", "-a", os.fspath(src), os.fspath(portable)])
+        _make_portable(os.fsencode(portable))
+        command = opt.command(portable, dest)
+        if opt.tool == "gensquashfs":
+            _run(command)
+            return dest
+        tar = ["tar", "-C", os.fspath(portable), "--format=pax", "--xattrs"]
+        tar += ["--xattrs-include=*", "--numeric-owner", "-cf", "-", "."]
+        with subprocess.Popen(tar, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as source:
+            result = subprocess.run(
+                command, stdin=source.stdout, capture_output=True, text=True, check=False
+            )
+    if result.returncode != 0:
+        raise ImageBuildError(f"{' '.join(command)} exited {result.returncode}:\n{result.stderr}")
+    return dest
+
+
+def _make_portable(root: bytes) -> None:
+    """Drop system.* xattrs and clamp times into 1970..2106, everywhere under ``root``."""
+    for rel, st in sorted(_walk(root), key=lambda item: -item[0].count(b"/")):
+        path = root if rel == b"/" else root + rel
+        for name in os.listxattr(path, follow_symlinks=False):
+            if name.startswith("system."):
+                os.removexattr(path, name, follow_symlinks=False)
+        clamp = [min(max(ns, 0), ((1 << 32) - 1) * NS) for ns in (st.st_atime_ns, st.st_mtime_ns)]
+        os.utime(path, ns=(clamp[0], clamp[1]), follow_symlinks=False)
+
+
+def option_set_of(name: str) -> OptionSet | SquashfsOptionSet:
+    """The ext or squashfs option set called ``name``."""
+    return OPTION_SETS[name] if name in OPTION_SETS else SQUASHFS_SETS[name]
+
+
 class ImageBuildError(RuntimeError):
     pass
 
@@ -400,12 +531,14 @@ def restore_times(manifest: Manifest) -> None:
         )
 
 
-def _cache_key(params: TreeParams, option_set: OptionSet) -> str:
+def _cache_key(params: TreeParams, option_set: OptionSet | SquashfsOptionSet) -> str:
     """What a persistent cache entry depends on: generator and builder code, tools, inputs."""
     digest = hashlib.sha256()
     for module in (trees_module, sys.modules[__name__]):
         digest.update(Path(module.__file__ or "").read_bytes())
-    digest.update(_run(["mke2fs", "-V"]).stderr.encode())
+    version = ["mke2fs", "-V"] if isinstance(option_set, OptionSet) else ["mksquashfs", "-version"]
+    result = _run(version)
+    digest.update((result.stdout + result.stderr).encode())
     digest.update(repr((params, option_set)).encode())
     return digest.hexdigest()[:20]
 
@@ -457,7 +590,7 @@ class ImageCache:
             if key in self._images:
                 return self._images[key]
             started = time.monotonic()
-            opt = OPTION_SETS[option_set]
+            opt = option_set_of(option_set)
             dest = self.root / "images" / f"{preset}-{option_set}.img"
             dest.parent.mkdir(exist_ok=True)
             stored = None
@@ -466,6 +599,9 @@ class ImageCache:
                 stored = self.persistent / f"{preset}-{option_set}-{tag}.img"
             if stored is not None and stored.exists():
                 dest = stored
+            elif isinstance(opt, SquashfsOptionSet):
+                manifest = self.tree(preset)
+                build_squashfs(manifest.root, dest, opt, manifest=manifest)
             elif opt.base is not None:
                 copy_image(self.get(preset, opt.base), dest)
                 run_post(dest, opt)
@@ -483,18 +619,25 @@ class ImageCache:
         """Build several images at once (mke2fs is single-threaded): the images other
         option sets start from first, then the rest."""
         pairs = list(pairs)
-        bases = {(p, OPTION_SETS[o].base or o) for p, o in pairs}
+        bases = {(p, getattr(option_set_of(o), "base", None) or o) for p, o in pairs}
         with ThreadPoolExecutor(workers or os.cpu_count() or 2) as pool:
             for phase in (sorted(bases), pairs):
                 for future in [pool.submit(self.get, *pair) for pair in phase]:
                     future.result()
 
     def kernel_scan(self, preset: str, option_set: str) -> Scan:
-        """The kernel's view of the image (mounted read-only), scanned once."""
+        """The kernel's view of the image (mounted read-only), scanned once.
+
+        For an image the kernel cannot mount (squashfs with legacy lzma), the view of
+        the same tree made with the set's ``oracle`` instead.
+        """
+        oracle = getattr(option_set_of(option_set), "oracle", None)
+        if oracle is not None:
+            return self.kernel_scan(preset, oracle)
         key = (preset, option_set)
         image = self.get(preset, option_set)
         with self._lock(("scan", *key)):
             if key not in self._scans:
-                with kernel_mount(image, OPTION_SETS[option_set].fstype) as mounted:
+                with kernel_mount(image, option_set_of(option_set).fstype) as mounted:
                     self._scans[key] = scan_path(mounted)
             return self._scans[key]
