@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from drivers.base import BlockReader, Unsupported, Volume
 
 #: Every driver, as "module:class", in probing order.
-DRIVERS: tuple[str, ...] = ("drivers.ext4:Ext4Volume",)
+DRIVERS: tuple[str, ...] = ("drivers.ext4:Ext4Volume", "drivers.squashfs:SquashfsVolume")
 
 
 def driver_classes() -> list[type[Volume]]:

@@ -10,8 +10,9 @@ mkdir -p "$src/docs/notes" "$src/bin" "$src/empty"
 cat > "$src/README.txt" <<'TEXT'
 This is the pyfsmount sample image.
 
-It was made by images/build.sh with mkfs.ext4 -d, and is mounted here by a
-Python driver running in a process of its own: the kernel never parsed it.
+It was made by images/build.sh with the public tools (mkfs.ext4 -d, mksquashfs),
+and is mounted here by a Python driver running in a confined process of its
+own: the kernel never parsed it.
 TEXT
 printf 'first note\n' > "$src/docs/notes/one.txt"
 seq 1 20000 > "$src/docs/numbers.txt"
@@ -29,3 +30,7 @@ E2FSPROGS_FAKE_TIME=1704110400 mkfs.ext4 -q -F -L sample -U 6a1c0d3e-5b1f-4b8e-9
     -E hash_seed=0b6f1e4c-8a2d-4f3b-9c5e-1d7a0e2b4c6f,root_owner=0:0 \
     -d "$src" sample-ext4.img 4M
 echo "built images/sample-ext4.img"
+
+rm -f sample-squashfs.img
+mksquashfs "$src" sample-squashfs.img -comp zstd -mkfs-time 1704110400 -noappend -quiet -no-progress
+echo "built images/sample-squashfs.img"

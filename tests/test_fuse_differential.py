@@ -1,6 +1,7 @@
 """A pyfsmount mount shows exactly what the kernel's own mount of the same image shows.
 
-For every ext option set (tests.support.images.OPTION_SETS) the image is mounted with
+For every ext and squashfs option set (tests.support.images.OPTION_SETS and
+SQUASHFS_SETS) the image is mounted with
 ``pyfsmount`` (a real FUSE mount, confined driver, default options) and compared, entry
 by entry, with the kernel's read-only loop mount: names, types, modes, owners, sizes,
 contents, symlink targets, device numbers, link counts and hard-link groups, the three
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher import mount_image, mountpoint
-from tests.support.images import BIGDIR_SETS, OPTION_SETS, ImageCache
+from tests.launcher import mount_image, mounted_fs_type, mountpoint
+from tests.support.images import BIGDIR_SETS, OPTION_SETS, SQUASHFS_SETS, ImageCache
 from tests.support.scan import assert_same_tree
 
 __all__ = ["mountpoint"]
@@ -28,6 +29,17 @@ def test_mount_equals_the_kernel_mount(
 ) -> None:
     expected = images.kernel_scan("standard", option_set)
     mount_image(images.get("standard", option_set), mountpoint)
+    assert_same_tree(None, mountpoint, expected=expected, label=option_set)
+
+
+@pytest.mark.parametrize("option_set", list(SQUASHFS_SETS))
+def test_squashfs_mount_equals_the_kernel_mount(
+    images: ImageCache, option_set: str, mountpoint: Path
+) -> None:
+    """Every squashfs writer and option set; legacy lzma against the gzip image's view."""
+    expected = images.kernel_scan("standard", option_set)
+    mount_image(images.get("standard", option_set), mountpoint)
+    assert mounted_fs_type(mountpoint) == "fuse.pyfsmount"
     assert_same_tree(None, mountpoint, expected=expected, label=option_set)
 
 
