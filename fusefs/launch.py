@@ -11,6 +11,7 @@ crashed) it makes sure no dead mount is left behind; when it is told to stop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -264,8 +265,6 @@ def make_mount(image: str, target: str, options: MountOptions) -> Mount:
         driver.wait()
         raise LaunchError(str(exc)) from None
     mount = Mount(target, find_our_mount(target), driver)
-    if mount.device is not None:
-        tune_readahead(mount.device)
     try:
         send_message(driver.control, {"fuse": True}, [fuse_fd])
     finally:
@@ -277,7 +276,36 @@ def make_mount(image: str, target: str, options: MountOptions) -> Mount:
     if not reply.get("serving"):
         mount.supervise()
         raise LaunchError(f"the driver failed to serve the mount: {driver.last_words()}")
+    raise_readahead(mount)
     return mount
+
+
+#: How long the first request may take before read-ahead tuning is given up.
+FIRST_REQUEST_TIMEOUT = 5.0
+
+
+def raise_readahead(mount: Mount) -> None:
+    """Raise the mount's read-ahead once the kernel has taken the driver's INIT reply.
+
+    The kernel sets the read-ahead from that reply (the lesser of the two, and libfuse
+    answers the kernel's own 128 KiB), so a value written earlier is undone. The first
+    request on a mount waits for INIT: a stat of the root, on a thread so that a hung
+    driver delays the launcher by the timeout at most.
+    """
+    if mount.device is None or os.geteuid() != 0:
+        return  # only root may write /sys/class/bdi
+    answered = threading.Event()
+
+    def first_request() -> None:
+        with contextlib.suppress(OSError):
+            os.stat(mount.target)
+        answered.set()
+
+    threading.Thread(target=first_request, name="first-request", daemon=True).start()
+    if answered.wait(FIRST_REQUEST_TIMEOUT):
+        tune_readahead(mount.device)
+    else:
+        log.warning("%s: no answer to a first request; read-ahead left as it is", mount.target)
 
 
 def install_stop_handlers(mount: Mount) -> None:

@@ -22,6 +22,7 @@ so a read spanning several blocks, or several reads within one block, inflate ea
 from __future__ import annotations
 
 from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate
 from typing import NamedTuple
 
@@ -34,6 +35,17 @@ __all__ = ["FileReader"]
 
 CHUNK = 2048  # block list words per chunk: one metadata block's worth
 _LENGTH_MASK = SQUASHFS_COMPRESSED_BIT_BLOCK - 1
+
+#: Worker threads that decompress data blocks (the codecs release the GIL).
+WORKERS = 2
+#: Decompressed bytes a sequential reader may have in flight ahead of it.
+AHEAD_BYTES = 2 << 20
+#: Decompressed bytes that may wait, done or under way, for a reader to take them.
+PENDING_BYTES = 4 << 20
+#: Files whose reading position is remembered to tell sequential readers.
+MAX_READERS = 256
+
+BlockKey = tuple[int, int]  # (on-disk position, size word)
 
 
 class Chunk(NamedTuple):
@@ -60,6 +72,10 @@ class FileReader:
         "_checkpoints",
         "_chunks",
         "_fragments",
+        "_max_pending",
+        "_next_block",
+        "_pending",
+        "_pool",
         "block_log",
         "block_size",
         "device",
@@ -84,6 +100,13 @@ class FileReader:
         self._fragments: BoundedCache[tuple[int, int], bytes] = BoundedCache(cache_bytes // 2)
         self._chunks: BoundedCache[tuple[int, int], Chunk] = BoundedCache(cache_bytes // 8)
         self._checkpoints: BoundedCache[int, list[Checkpoint]] = BoundedCache(cache_bytes // 8)
+        # Decompression ahead of sequential readers, on worker threads. The threads run
+        # only _inflate (a pread and a codec call); every cache is touched by the caller's
+        # thread alone, so the driver stays single-threaded in all it decides.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[BlockKey, Future[bytes]] = {}
+        self._max_pending = min(64, max(4, PENDING_BYTES >> block_log))
+        self._next_block: dict[int, int] = {}  # inode ref -> block a sequential read asks next
 
     # -- the block list --------------------------------------------------------------------
 
@@ -150,24 +173,64 @@ class FileReader:
         except CorruptImage as exc:
             raise CorruptImage(f"{what} at {pos}: {exc}") from exc
 
-    def _data_block(self, inode: Inode, i: int, expected: int) -> bytes:
+    def _locate(self, inode: Inode, i: int) -> BlockKey | None:
+        """Where block ``i`` of the list is (position and size word); None if sparse."""
         chunk = self._chunk(inode, i // CHUNK)
         j = i % CHUNK
         if j >= chunk.valid:
             raise CorruptImage(f"inode {inode.ino} block {i}: bad or missing block size word")
         word = chunk.words[j]
         if not word & _LENGTH_MASK:
+            return None
+        return chunk.starts[j], word
+
+    def _data_block(self, inode: Inode, i: int, key: BlockKey | None, expected: int) -> bytes:
+        if key is None:
             return bytes(expected)  # sparse
-        pos = chunk.starts[j]
-        key = (pos, word)
         data = self._blocks.get(key)
         if data is None:
-            data = self._blocks.put(key, self._inflate(pos, word, "data block"), expected)
+            future = self._pending.pop(key, None)
+            inflated = self._inflate(*key, "data block") if future is None else future.result()
+            data = self._blocks.put(key, inflated, expected)
         if len(data) != expected:
             raise CorruptImage(
                 f"inode {inode.ino} block {i}: {len(data)} bytes where {expected} are expected"
             )
         return data
+
+    def _start(self, keys: list[BlockKey]) -> None:
+        """Have the workers decompress ``keys`` (those not cached or under way already)."""
+        for key in keys:
+            if key in self._pending or self._blocks.get(key) is not None:
+                continue
+            if len(self._pending) >= self._max_pending:
+                self._forget_oldest()
+                if len(self._pending) >= self._max_pending:
+                    return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="squashfs-inflate")
+            try:
+                self._pending[key] = self._pool.submit(self._inflate, *key, "data block")
+            except RuntimeError:  # no thread could be started (rlimit): decompress inline
+                return
+
+    def _forget_oldest(self) -> None:
+        """Drop finished work nobody took (a reader that stopped or jumped away)."""
+        done = [key for key, future in self._pending.items() if future.done()]
+        for key in done[: self._max_pending // 4 + 1]:
+            del self._pending[key]
+
+    def _ahead(self, inode: Inode, first: int, last: int, in_list: int) -> list[BlockKey]:
+        """The blocks after ``last`` worth decompressing now, if the reader is sequential."""
+        expected = self._next_block.pop(inode.ref, None)
+        if len(self._next_block) >= MAX_READERS:
+            self._next_block.clear()
+        self._next_block[inode.ref] = last + 1
+        if expected is None or not expected - 1 <= first <= expected:
+            return []
+        count = max(1, AHEAD_BYTES >> self.block_log)
+        keys = (self._locate(inode, i) for i in range(last + 1, min(last + 1 + count, in_list)))
+        return [key for key in keys if key is not None]
 
     def _tail(self, inode: Inode, expected: int) -> bytes:
         key = (inode.fragment_block, inode.fragment_size)
@@ -191,11 +254,16 @@ class FileReader:
         log = self.block_log
         first, last = offset >> log, (end - 1) >> log
         in_list = self.block_count(inode)
+        keys = {i: self._locate(inode, i) for i in range(first, min(last + 1, in_list))}
+        wanted = [key for key in keys.values() if key is not None]
+        # The first block is decompressed here while the workers do the rest and those
+        # ahead of a sequential reader.
+        self._start(wanted[1:] + self._ahead(inode, first, last, in_list))
         parts = []
         for i in range(first, last + 1):  # bounded by the request's size
             expected = min(self.block_size, inode.size - (i << log))
             if i < in_list:
-                parts.append(self._data_block(inode, i, expected))
+                parts.append(self._data_block(inode, i, keys[i], expected))
             else:
                 parts.append(self._tail(inode, expected))
         skip = offset - (first << log)
