@@ -46,6 +46,8 @@ __all__ = ["LISTING_START", "DirectoryTable", "Entry"]
 #: Listing positions start after the kernel's "." (1) and ".." (2).
 LISTING_START = 3
 MAX_SEGMENT_BYTES = 1 << 20
+#: What one decoded entry costs in memory besides its name: a 4-tuple and three ints.
+ENTRY_OVERHEAD_BYTES = 220
 
 #: (name, inode number, inode reference, listing position just after the entry)
 Entry = tuple[bytes, int, int, int]
@@ -159,7 +161,7 @@ class DirectoryTable:
                     f"directory inode {inode.ino}: index entry {k + 1} at listing position"
                     f" {stop} is not where a header starts ({segment.end})"
                 )
-            cost = 200 + sum(len(e[0]) + 120 for e in segment.entries)
+            cost = 200 + sum(len(e[0]) + ENTRY_OVERHEAD_BYTES for e in segment.entries)
             self._segments.put(key, segment, cost)
         return segment
 

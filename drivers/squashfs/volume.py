@@ -44,10 +44,10 @@ __all__ = ["SquashfsVolume"]
 
 # Cache budgets: the working set of requests in flight, not the whole volume (the kernel
 # keeps attributes and entries under FUSE).
-METADATA_CACHE_BYTES = 8 << 20
-INODE_CACHE_ENTRIES = 4096
-DIRECTORY_CACHE_BYTES = 4 << 20
-DATA_CACHE_BYTES = 8 << 20
+METADATA_CACHE_BYTES = 4 << 20
+INODE_CACHE_ENTRIES = 2048
+DIRECTORY_CACHE_BYTES = 2 << 20
+DATA_CACHE_BYTES = 2 << 20
 
 #: Errors that decoding crafted bytes may raise; at the public boundary they mean corruption.
 _DECODING_ERRORS = (
