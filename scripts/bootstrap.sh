@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv e2fsprogs fuse2fs
                  squashfs-tools squashfs-tools-ng squashfuse liblzo2-2 dosfstools mtools attr acl
-                 libseccomp2 util-linux strace)
+                 libseccomp2 util-linux fdisk gdisk strace)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
