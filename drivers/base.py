@@ -18,13 +18,17 @@ Errors a driver may raise, and nothing else:
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
+import struct
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, ParamSpec, TypeVar
+
+import construct
 
 
 class DriverError(Exception):
@@ -41,6 +45,38 @@ class Unsupported(DriverError):
 
 class NoSuchAttribute(DriverError):
     """getxattr of a name the inode does not carry (ENODATA)."""
+
+
+#: What decoding crafted bytes may raise (a short struct, an index or a table key that is
+#: not there, a value out of range, a construct parse error, an allocation a bogus size
+#: asked for); at a driver's public boundary each means a corrupt image.
+DECODING_ERRORS = (
+    struct.error,
+    IndexError,
+    KeyError,
+    ValueError,
+    OverflowError,
+    ZeroDivisionError,
+    RecursionError,
+    MemoryError,
+    construct.ConstructError,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn :data:`DECODING_ERRORS` escaping a volume method into CorruptImage."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except DECODING_ERRORS as exc:
+            raise CorruptImage(f"malformed metadata ({type(exc).__name__}: {exc})") from exc
+
+    return wrapper
 
 
 @dataclass(slots=True)

@@ -10,16 +10,12 @@ CorruptImage at this boundary, so nothing else escapes.
 
 from __future__ import annotations
 
-import functools
 import stat
-import struct
 from array import array
 from collections.abc import Callable, Iterator, Mapping
-from typing import ParamSpec, TypeVar
-
-import construct
 
 from drivers.base import (
+    DECODING_ERRORS,
     Attr,
     BlockReader,
     BoundedCache,
@@ -28,6 +24,7 @@ from drivers.base import (
     NoSuchAttribute,
     StatFs,
     Volume,
+    guarded,
 )
 from drivers.ext4.acl import disk_acl_to_xattr
 from drivers.ext4.block_validity import BlockValidity
@@ -88,33 +85,6 @@ _S_IFMT = 0o170000
 _DEVICE_TYPES = frozenset({stat.S_IFCHR, stat.S_IFBLK})
 #: Inode table blocks read at once on a miss, as the kernel's default inode_readahead_blks.
 INODE_READAHEAD_BLOCKS = 32
-#: Errors that decoding crafted bytes may raise; at the public boundary they mean corruption.
-_DECODING_ERRORS = (
-    struct.error,
-    IndexError,
-    KeyError,
-    ValueError,
-    OverflowError,
-    ZeroDivisionError,
-    RecursionError,
-    construct.ConstructError,
-)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _guarded(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn decoding errors escaping ``method`` into CorruptImage."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except _DECODING_ERRORS as exc:
-            raise CorruptImage(f"malformed metadata ({type(exc).__name__}: {exc})") from exc
-
-    return wrapper
 
 
 Mapper = Callable[[int], tuple[int, int, bool]]
@@ -179,7 +149,7 @@ class Ext4Volume(Volume):
             return False
 
     @classmethod
-    @_guarded
+    @guarded
     def open(cls, reader: BlockReader, options: Mapping[str, str]) -> Ext4Volume:
         raw = reader.read_upto(SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
         sb = parse_superblock(raw, reader.size, options)
@@ -336,7 +306,7 @@ class Ext4Volume(Volume):
 
     # -- the interface -----------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def getattr(self, ino: int) -> Attr:
         attr = self._inode(ino).attr
         assert attr is not None  # set by _load
@@ -348,7 +318,7 @@ class Ext4Volume(Volume):
             raise NotADirectoryError(f"inode {ino} is not a directory")
         return inode
 
-    @_guarded
+    @guarded
     def lookup(self, dir_ino: int, name: bytes) -> int:
         inode = self._dir(dir_ino)
         if not name or len(name) > EXT4_NAME_LEN or b"/" in name:
@@ -395,10 +365,10 @@ class Ext4Volume(Volume):
                 # Positions are distinct and increasing: resuming at pos + 1 starts
                 # exactly after this entry.
                 yield DirEntry(name, ino, pos + 1)
-        except _DECODING_ERRORS as exc:
+        except DECODING_ERRORS as exc:
             raise CorruptImage(f"malformed directory ({type(exc).__name__}: {exc})") from exc
 
-    @_guarded
+    @guarded
     def read(self, ino: int, offset: int, size: int) -> bytes:
         inode = self._inode(ino)
         if inode.is_dir:
@@ -413,7 +383,7 @@ class Ext4Volume(Volume):
             return data + bytes(size - len(data))
         return self._read_data(inode, offset, size)
 
-    @_guarded
+    @guarded
     def readlink(self, ino: int) -> bytes:
         inode = self._inode(ino)
         if not inode.is_symlink:
@@ -430,7 +400,7 @@ class Ext4Volume(Volume):
             target = block[: min(inode.size, self.sb.block_size - 1)]
         return target.split(b"\0", 1)[0]
 
-    @_guarded
+    @guarded
     def listxattr(self, ino: int) -> list[bytes]:
         inode = self._inode(ino)
         names = []
@@ -440,7 +410,7 @@ class Ext4Volume(Volume):
                 names.append(name)
         return names
 
-    @_guarded
+    @guarded
     def getxattr(self, ino: int, name: bytes) -> bytes:
         inode = self._inode(ino)
         key = split_name(name)
@@ -482,7 +452,7 @@ class Ext4Volume(Volume):
                 raise CorruptImage(f"{where}: xattr entry hash validation failed")
         return value
 
-    @_guarded
+    @guarded
     def statfs(self) -> StatFs:
         if self._statfs is None:
             self._statfs = self._compute_statfs()

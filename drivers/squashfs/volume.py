@@ -15,14 +15,10 @@ CorruptImage at this boundary, so nothing else escapes.
 
 from __future__ import annotations
 
-import functools
-import struct
-from collections.abc import Callable, Iterator, Mapping
-from typing import ParamSpec, TypeVar
-
-import construct
+from collections.abc import Iterator, Mapping
 
 from drivers.base import (
+    DECODING_ERRORS,
     Attr,
     BlockReader,
     CorruptImage,
@@ -30,6 +26,7 @@ from drivers.base import (
     NoSuchAttribute,
     StatFs,
     Volume,
+    guarded,
 )
 from drivers.squashfs.directory import DirectoryTable
 from drivers.squashfs.file import FileReader
@@ -48,34 +45,6 @@ METADATA_CACHE_BYTES = 4 << 20
 INODE_CACHE_ENTRIES = 2048
 DIRECTORY_CACHE_BYTES = 2 << 20
 DATA_CACHE_BYTES = 2 << 20
-
-#: Errors that decoding crafted bytes may raise; at the public boundary they mean corruption.
-_DECODING_ERRORS = (
-    struct.error,
-    IndexError,
-    KeyError,
-    ValueError,
-    OverflowError,
-    ZeroDivisionError,
-    RecursionError,
-    construct.ConstructError,
-)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _guarded(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn decoding errors escaping ``method`` into CorruptImage."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except _DECODING_ERRORS as exc:
-            raise CorruptImage(f"malformed metadata ({type(exc).__name__}: {exc})") from exc
-
-    return wrapper
 
 
 class SquashfsVolume(Volume):
@@ -123,7 +92,7 @@ class SquashfsVolume(Volume):
             return False
 
     @classmethod
-    @_guarded
+    @guarded
     def open(cls, reader: BlockReader, options: Mapping[str, str]) -> SquashfsVolume:
         volume = cls(reader, parse_superblock(reader))
         root = volume.inodes.read(volume.sb.root_inode)
@@ -162,11 +131,11 @@ class SquashfsVolume(Volume):
 
     # -- the interface ---------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def getattr(self, ino: int) -> Attr:
         return self._inode(ino).attr()
 
-    @_guarded
+    @guarded
     def lookup(self, dir_ino: int, name: bytes) -> int:
         inode = self._dir(dir_ino)
         if name == b".":
@@ -198,10 +167,10 @@ class SquashfsVolume(Volume):
                     raise CorruptImage(f"directory inode {dir_ino}: invalid entry name {name!r}")
                 self._remember(ino, ref)
                 yield DirEntry(name, ino, position)
-        except _DECODING_ERRORS as exc:
+        except DECODING_ERRORS as exc:
             raise CorruptImage(f"malformed directory ({type(exc).__name__}: {exc})") from exc
 
-    @_guarded
+    @guarded
     def read(self, ino: int, offset: int, size: int) -> bytes:
         inode = self._inode(ino)
         if inode.is_dir:
@@ -210,7 +179,7 @@ class SquashfsVolume(Volume):
             raise CorruptImage(f"inode {ino} is not a regular file")
         return self.files.read(inode, offset, size)
 
-    @_guarded
+    @guarded
     def readlink(self, ino: int) -> bytes:
         inode = self._inode(ino)
         if not inode.is_symlink:
@@ -221,14 +190,14 @@ class SquashfsVolume(Volume):
 
     SYMLINK_TARGET_MAX = 4095
 
-    @_guarded
+    @guarded
     def listxattr(self, ino: int) -> list[bytes]:
         inode = self._inode(ino)
         if self.xattrs is None or not inode.xattr_count:
             return []
         return self.xattrs.names(inode)
 
-    @_guarded
+    @guarded
     def getxattr(self, ino: int, name: bytes) -> bytes:
         inode = self._inode(ino)
         if self.xattrs is None or not inode.xattr_count:
