@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 
 from drivers.base import BlockReader, Unsupported, Volume
+from drivers.partitions import pick_partition, read_partition_table, read_partitions
 
 #: Every driver, as "module:class", in probing order.
 DRIVERS: tuple[str, ...] = ("drivers.ext4:Ext4Volume", "drivers.squashfs:SquashfsVolume")
@@ -50,6 +51,57 @@ def open_volume(
         names = ", ".join(sorted(unknown))
         raise Unsupported(f"{detected.fs_type} does not know option(s): {names}")
     return detected.open(reader, options)
+
+
+def open_disk(
+    disk: BlockReader,
+    fs_type: str | None = None,
+    options: Mapping[str, str] | None = None,
+    partition: int | None = None,
+) -> Volume:
+    """Open a bare file system, or one inside a partitioned disk image.
+
+    ``partition`` picks a partition by its Linux number; without it, a disk with a
+    partition table opens its first partition holding a file system of ``fs_type`` (or
+    of any supported type), as the issue's users expect from ``pyfsmount disk.img DIR``.
+    """
+    partitions = read_partitions(disk)
+    if not partitions:
+        if partition is not None:
+            raise Unsupported(f"partition={partition}: the image has no partition table")
+        return open_volume(disk, fs_type, options)
+    wanted = None if fs_type is None else driver_for_type(fs_type)
+
+    def holds_wanted(reader: BlockReader) -> bool:
+        try:
+            found = probe(reader)
+        except Unsupported:
+            return False
+        return wanted is None or found is wanted
+
+    chosen = pick_partition(partitions, partition, holds_wanted)
+    return open_volume(chosen.reader(), fs_type, options)
+
+
+def describe_disk(disk: BlockReader) -> list[str]:
+    """``pyfsmount --list``: the partition table, each partition's detected file system."""
+    table = read_partition_table(disk)
+    if table is None:
+        return [f"no partition table; the image holds {detected_type(disk)}"]
+    header, *rest = table.describe()
+    listed = [
+        f"  {part.describe()}" + ("" if part.container else f": {detected_type(part.reader())}")
+        for part in table.partitions
+    ]
+    return [header, *listed, *rest[len(listed) :]]
+
+
+def detected_type(reader: BlockReader) -> str:
+    """The name of the format whose magic ``reader`` carries, or a dash."""
+    try:
+        return probe(reader).fs_type
+    except Unsupported:
+        return "-"
 
 
 def open_image(

@@ -14,10 +14,11 @@ from fusefs.launch import (
     EXIT_FAILURE,
     EXIT_USAGE,
     LaunchError,
+    list_partitions,
     run_background,
     run_foreground,
 )
-from fusefs.options import OptionError, parse_options
+from fusefs.options import MountOptions, OptionError, parse_options
 
 log = logging.getLogger("pyfsmount")
 
@@ -25,8 +26,10 @@ DESCRIPTION = """\
 Mount the file system in IMAGE (a file or a block device) read-only at DIR.
 
 The image is parsed in user space by a driver process of its own, never by the kernel,
-so images from untrusted sources can be mounted safely. Supported: ext2, ext3, ext4.
-The type is detected from the image unless -t names it.
+so images from untrusted sources can be mounted safely. Supported: ext2, ext3, ext4 and
+squashfs. The type is detected from the image unless -t names it. A whole-disk image
+with an MBR or GPT partition table mounts its first partition holding a supported file
+system, or the one -o partition=N names; `pyfsmount --list IMAGE` shows them.
 
 pyfsmount returns once the mount is ready and leaves a daemon serving it. Unmount with
 `fusermount3 -u DIR` or `umount DIR`; SIGTERM to the daemon unmounts too.
@@ -41,12 +44,17 @@ mount options (-o, comma-separated, mount(8) style):
   umask=MODE         clear these permission bits (octal) on every file
   fsname=NAME        the source shown in /proc/mounts (default: the image path)
   offset=BYTES       where the file system starts inside the image (1M, 0x100000, ...)
+  partition=N        mount partition N of a partitioned disk image (Linux numbering:
+                     MBR primaries 1-4, logical partitions from 5, GPT entries 1-128)
   nosuid, nodev      on by default for untrusted images; suid, dev turn them off
   noexec, noatime    passed to the kernel
   max_memory=BYTES   address-space budget of the driver process (default 512M)
   sandbox=off        run the driver unconfined (debugging only; loudly warned about)
   noload             ext3/ext4: ignore the journal of an image that needs recovery
   Options mount(8) and fstab use (defaults, nofail, _netdev, x-*, ...) are accepted.
+
+listing partitions:
+  pyfsmount --list disk.img     the table, each partition's type, size, offset and file system
 
 as a mount helper:
   mount -t fuse.pyfsmount IMAGE DIR -o ro
@@ -76,7 +84,10 @@ def build_parser() -> Parser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"pyfsmount {version()}")
     parser.add_argument("image", metavar="IMAGE", help="disk image file or block device")
-    parser.add_argument("mountpoint", metavar="DIR", help="directory to mount on")
+    parser.add_argument("mountpoint", metavar="DIR", nargs="?", help="directory to mount on")
+    parser.add_argument("-l", "--list", action="store_true",
+                        help="list the partitions of IMAGE and the file system in each "
+                        "(parsed by a confined driver), then exit; no DIR")
     parser.add_argument("-t", "--type", dest="fs_type", metavar="TYPE",
                         help="file system type: ext2, ext3, ext4 (default: detect); "
                         "fuse.pyfsmount and fuse.TYPE are accepted")
@@ -146,6 +157,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.exit(EXIT_USAGE)
     options.fs_type = normalise_type(args.fs_type) or options.fs_type
     options.debug = options.debug or args.debug
+    if args.list:
+        sys.exit(list_image(args.image, options))
+    if args.mountpoint is None:
+        build_parser().error("the following arguments are required: DIR")
     if not options.sandbox:
         log.warning(
             "WARNING: sandbox=off: the driver parses %s unconfined; a crafted image can "
@@ -163,6 +178,17 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         code = EXIT_FAILURE
     sys.exit(code)
+
+
+def list_image(image: str, options: MountOptions) -> int:
+    """``--list``: print the partition table and what each partition holds."""
+    try:
+        lines = list_partitions(image, options)
+    except LaunchError as exc:
+        print(f"pyfsmount: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import pyfuse3
 import trio
 
 from drivers.base import BlockReader, CorruptImage, Unsupported, Volume
-from drivers.registry import open_volume
+from drivers.registry import describe_disk, open_disk, open_volume
 from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
 from fusefs.prefetch import DirectoryPrefetcher
@@ -46,8 +46,17 @@ def setup_logging(debug: bool) -> None:
 
 
 def open_configured_volume(image_fd: int, config: dict[str, Any]) -> Volume:
+    """The volume of the image, of the partition asked for, or of the first usable one.
+
+    An explicit ``offset=`` names where the file system starts: no partition table is
+    looked for then (unless ``partition=`` asks for one inside that window).
+    """
     reader = BlockReader(image_fd, int(config.get("offset", 0)))
-    return open_volume(reader, config.get("fs_type"), config.get("driver_options") or {})
+    fs_type, options = config.get("fs_type"), config.get("driver_options") or {}
+    partition = config.get("partition")
+    if reader.base and partition is None:
+        return open_volume(reader, fs_type, options)
+    return open_disk(reader, fs_type, options, partition)
 
 
 async def serve_until_stopped(operations: VolumeOperations) -> None:
@@ -71,6 +80,21 @@ async def stop_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
+def report_listing(control: socket.socket, image_fd: int, config: dict[str, Any]) -> int:
+    """``pyfsmount --list``: describe the partitions (parsed here, confined) and exit."""
+    try:
+        listing = describe_disk(BlockReader(image_fd, int(config.get("offset", 0))))
+    except (Unsupported, CorruptImage) as exc:
+        send_message(control, {"ok": False, "error": str(exc)})
+        return EXIT_REFUSED
+    except Exception as exc:
+        log.exception("reading the partition table failed")
+        send_message(control, {"ok": False, "error": f"internal error: {exc!r}"})
+        return EXIT_BUG
+    send_message(control, {"ok": True, "listing": listing})
+    return EXIT_OK
+
+
 def run(control: socket.socket, image_fd: int) -> int:
     config, _ = recv_message(control)
     setup_logging(bool(config.get("debug")))
@@ -84,6 +108,8 @@ def run(control: socket.socket, image_fd: int) -> int:
             return EXIT_REFUSED
     else:
         log.warning("sandbox=off: this driver runs unconfined (debugging only)")
+    if config.get("list"):
+        return report_listing(control, image_fd, config)
     try:
         volume = open_configured_volume(image_fd, config)
     except (Unsupported, CorruptImage) as exc:

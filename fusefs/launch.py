@@ -110,6 +110,7 @@ def driver_config(options: MountOptions) -> dict[str, object]:
     return {
         "fs_type": options.fs_type,
         "offset": options.offset,
+        "partition": options.partition,
         "driver_options": options.driver_options,
         "uid": options.uid,
         "gid": options.gid,
@@ -120,8 +121,11 @@ def driver_config(options: MountOptions) -> dict[str, object]:
     }
 
 
-def start_driver(image_fd: int, options: MountOptions) -> DriverProcess:
-    """Start a driver process holding only the image and its end of the control socket."""
+def start_driver(image_fd: int, options: MountOptions, listing: bool = False) -> DriverProcess:
+    """Start a driver process holding only the image and its end of the control socket.
+
+    With ``listing`` it describes the image's partitions and exits instead of serving.
+    """
     ours, theirs = control_pair()
     with theirs:
         process = subprocess.Popen(
@@ -139,7 +143,7 @@ def start_driver(image_fd: int, options: MountOptions) -> DriverProcess:
         target=driver.forward_log, args=(process.stderr,), daemon=True
     )
     driver.log_thread.start()
-    send_message(ours, driver_config(options))
+    send_message(ours, {**driver_config(options), "list": listing})
     return driver
 
 
@@ -306,6 +310,25 @@ def raise_readahead(mount: Mount) -> None:
         tune_readahead(mount.device)
     else:
         log.warning("%s: no answer to a first request; read-ahead left as it is", mount.target)
+
+
+def list_partitions(image: str, options: MountOptions) -> list[str]:
+    """``--list``: the image's partitions and file systems, as a confined driver reads them.
+
+    The table is untrusted input like any other on-disk structure, so it is parsed by a
+    driver process in the sandbox, never by the launcher.
+    """
+    image_fd = open_image(image)
+    try:
+        driver = start_driver(image_fd, options, listing=True)
+    finally:
+        os.close(image_fd)
+    verdict = await_verdict(driver)
+    driver.wait()
+    if not verdict.get("ok"):
+        raise LaunchError(f"{image}: {verdict.get('error', 'refused')}")
+    listing = verdict.get("listing")
+    return [str(line) for line in listing] if isinstance(listing, list) else []
 
 
 def install_stop_handlers(mount: Mount) -> None:

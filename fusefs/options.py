@@ -56,6 +56,8 @@ class MountOptions:
 
     fs_type: str | None = None
     offset: int = 0
+    #: A partition of a whole-disk image, by its Linux number (None: the first usable).
+    partition: int | None = None
     fsname: str | None = None
     allow_other: bool = False
     uid: int | None = None
@@ -140,6 +142,11 @@ def _apply(opts: MountOptions, name: str, value: str | None) -> None:
         opts.fsname = _require(name, value)
     elif name in ("offset", "max_memory"):
         setattr(opts, name, parse_size(_require(name, value), name))
+    elif name == "partition":
+        number = _require(name, value)
+        if not number.isdigit() or not 1 <= int(number) <= 256:
+            raise OptionError(f"partition= takes a partition number (1-256), not '{number}'")
+        opts.partition = int(number)
     elif name == "sandbox":
         if value not in ("on", "off"):
             raise OptionError("sandbox= takes 'on' or 'off'")
