@@ -104,6 +104,15 @@ def make_squashfs(*options: str) -> Callable[[Path, Path, Scale], None]:
     return make
 
 
+def make_fat32(src: Path, image: Path, scale: Scale) -> None:
+    size_kib = ((scale.big_file >> 20) + scale.files * scale.max_file // 2 // (1 << 20) + 300) << 10
+    subprocess.run(["mkfs.fat", "-F", "32", "-C", str(image), str(size_kib)], check=True,
+                   stdout=subprocess.DEVNULL)
+    entries = sorted(str(p) for p in src.iterdir())
+    subprocess.run(["mcopy", "-s", "-m", "-i", str(image), *entries, "::/"], check=True,
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+
+
 def image_of(fmt: Format, scale: Scale) -> Path:
     image = WORK / f"{fmt.name}-{scale_name(scale)}.img"
     if not image.exists():
@@ -154,7 +163,21 @@ FORMATS = [
     Format("squashfs-zstd", make_squashfs("-comp", "zstd"),
            lambda: [Kernel(), Squashfuse("squashfuse"), Squashfuse("squashfuse_ll"),
                     Pyfsmount()]),
+    # No kernel vfat on this machine: fusefat, and mtools (no mount: see mtools_row).
+    Format("fat32", make_fat32, lambda: [Fusefat(), Pyfsmount()]),
 ]
+
+
+def mtools_row(image: Path, scale: Scale) -> dict[str, float]:
+    """mtools reads the image without mounting: ``mdir -/`` walks it, ``mcopy`` reads."""
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    drop_caches()
+    walk = timed(lambda: subprocess.run(["mdir", "-/", "-a", "-i", str(image), "::"],
+                                        check=True, stdout=subprocess.DEVNULL, env=env))
+    drop_caches()
+    read = timed(lambda: subprocess.run(["mcopy", "-n", "-i", str(image), "::/big", "-"],
+                                        check=True, stdout=subprocess.DEVNULL, env=env))
+    return {"stat walk s": walk, "seq read MB/s": scale.big_file / 1e6 / read}
 
 
 class Fuse2fs(Mounter):
@@ -178,6 +201,17 @@ class Squashfuse(Mounter):
 
     def daemon_pids(self, target: Path) -> list[int]:
         return pids_with(os.fsencode(self.name), os.fsencode(target))
+
+
+class Fusefat(Mounter):
+    name = "fusefat"
+
+    def mount(self, image: Path, target: Path) -> None:
+        subprocess.run(["fusefat", "-o", "ro", str(image), str(target)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def daemon_pids(self, target: Path) -> list[int]:
+        return pids_with(b"fusefat", os.fsencode(target))
 
 
 class Pyfsmount(Mounter):
@@ -366,6 +400,10 @@ def main() -> None:
             table[mounter.name] = {k: statistics.median(r[k] for r in runs if k in r)
                                    for k in runs[0]}
             print(f"{fmt.name} {mounter.name}: {table[mounter.name]}", file=sys.stderr)
+        if fmt.name == "fat32" and (not args.only or "mtools" in args.only):
+            runs = [mtools_row(image, scale) for _ in range(scale.runs)]
+            table["mtools"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            print(f"{fmt.name} mtools: {table['mtools']}", file=sys.stderr)
         if table:
             print(report(table, scale, fmt) + "\n", flush=True)
 

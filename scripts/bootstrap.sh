@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv e2fsprogs fuse2fs
-                 squashfs-tools squashfs-tools-ng squashfuse liblzo2-2 dosfstools mtools attr acl
+                 squashfs-tools squashfs-tools-ng squashfuse liblzo2-2 dosfstools mtools fusefat attr acl
                  libseccomp2 util-linux fdisk gdisk strace)
 
 missing=()
