@@ -10,7 +10,12 @@ from drivers.base import BlockReader, Unsupported, Volume
 from drivers.partitions import pick_partition, read_partition_table, read_partitions
 
 #: Every driver, as "module:class", in probing order.
-DRIVERS: tuple[str, ...] = ("drivers.ext4:Ext4Volume", "drivers.squashfs:SquashfsVolume")
+DRIVERS: tuple[str, ...] = (
+    "drivers.ext4:Ext4Volume",
+    "drivers.squashfs:SquashfsVolume",
+    # Last: a FAT boot sector has the weakest signature of the three.
+    "drivers.fat:FatVolume",
+)
 
 
 def driver_classes() -> list[type[Volume]]:
