@@ -14,13 +14,15 @@ import struct
 import construct as c
 
 from drivers.base import CorruptImage
-from drivers.ext4.layout import Layout
+from drivers.layout import Layout
 
 __all__ = ["ACL_ENTRY", "ACL_ENTRY_SHORT", "ACL_HEADER", "disk_acl_to_xattr"]
 
-ACL_HEADER = Layout(c.Struct("a_version" / c.Int32ul))
-ACL_ENTRY_SHORT = Layout(c.Struct("e_tag" / c.Int16ul, "e_perm" / c.Int16ul))
-ACL_ENTRY = Layout(c.Struct("e_tag" / c.Int16ul, "e_perm" / c.Int16ul, "e_id" / c.Int32ul))
+ACL_HEADER = Layout("acl_header", c.Struct("a_version" / c.Int32ul))
+ACL_ENTRY_SHORT = Layout("acl_entry_short", c.Struct("e_tag" / c.Int16ul, "e_perm" / c.Int16ul))
+ACL_ENTRY = Layout(
+    "acl_entry", c.Struct("e_tag" / c.Int16ul, "e_perm" / c.Int16ul, "e_id" / c.Int32ul)
+)
 
 EXT4_ACL_VERSION = 1
 POSIX_ACL_XATTR_VERSION = 2

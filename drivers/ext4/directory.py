@@ -26,8 +26,8 @@ from drivers.ext4.checksum import ext4_chksum
 from drivers.ext4.device import BlockDevice
 from drivers.ext4.dirhash import DX_HASH_HALF_MD4, DX_HASH_LEGACY, DX_HASH_TEA, dirhash
 from drivers.ext4.inode import EXT4_INDEX_FL, Inode
-from drivers.ext4.layout import Layout
 from drivers.ext4.superblock import COMPAT_DIR_INDEX, INCOMPAT_LARGEDIR, Superblock
+from drivers.layout import Layout
 
 __all__ = [
     "DIRENT",
@@ -41,34 +41,37 @@ __all__ = [
 ]
 
 DIRENT = Layout(
+    "dirent",
     c.Struct(
         "inode" / c.Int32ul,
         "rec_len" / c.Int16ul,
         "name_len" / c.Int8ul,
         "file_type" / c.Int8ul,
-    )
+    ),
 )
 DIRENT_TAIL = Layout(
+    "dirent_tail",
     c.Struct(
         "det_reserved_zero1" / c.Int32ul,
         "det_rec_len" / c.Int16ul,
         "det_reserved_zero2" / c.Int8ul,
         "det_reserved_ft" / c.Int8ul,
         "det_checksum" / c.Int32ul,
-    )
+    ),
 )
 DX_ROOT_INFO = Layout(
+    "dx_root_info",
     c.Struct(
         "reserved_zero" / c.Int32ul,
         "hash_version" / c.Int8ul,
         "info_length" / c.Int8ul,
         "indirect_levels" / c.Int8ul,
         "unused_flags" / c.Int8ul,
-    )
+    ),
 )
-DX_COUNTLIMIT = Layout(c.Struct("limit" / c.Int16ul, "count" / c.Int16ul))
-DX_ENTRY = Layout(c.Struct("hash" / c.Int32ul, "block" / c.Int32ul))
-DX_TAIL = Layout(c.Struct("dt_reserved" / c.Int32ul, "dt_checksum" / c.Int32ul))
+DX_COUNTLIMIT = Layout("dx_countlimit", c.Struct("limit" / c.Int16ul, "count" / c.Int16ul))
+DX_ENTRY = Layout("dx_entry", c.Struct("hash" / c.Int32ul, "block" / c.Int32ul))
+DX_TAIL = Layout("dx_tail", c.Struct("dt_reserved" / c.Int32ul, "dt_checksum" / c.Int32ul))
 
 EXT4_NAME_LEN = 255
 EXT4_FT_DIR_CSUM = 0xDE

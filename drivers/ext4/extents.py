@@ -20,37 +20,40 @@ from drivers.base import BoundedCache, CorruptImage
 from drivers.ext4.block_validity import BlockValidity
 from drivers.ext4.checksum import ext4_chksum
 from drivers.ext4.device import BlockDevice
-from drivers.ext4.layout import Layout
 from drivers.ext4.superblock import Superblock
+from drivers.layout import Layout
 
 __all__ = ["EXTENT", "EXTENT_HEADER", "EXTENT_IDX", "ExtentNode", "ExtentTree"]
 
 EXTENT_HEADER = Layout(
+    "extent_header",
     c.Struct(
         "eh_magic" / c.Int16ul,
         "eh_entries" / c.Int16ul,
         "eh_max" / c.Int16ul,
         "eh_depth" / c.Int16ul,
         "eh_generation" / c.Int32ul,
-    )
+    ),
 )
 EXTENT_IDX = Layout(
+    "extent_idx",
     c.Struct(
         "ei_block" / c.Int32ul,
         "ei_leaf_lo" / c.Int32ul,
         "ei_leaf_hi" / c.Int16ul,
         "ei_unused" / c.Int16ul,
-    )
+    ),
 )
 EXTENT = Layout(
+    "extent",
     c.Struct(
         "ee_block" / c.Int32ul,
         "ee_len" / c.Int16ul,
         "ee_start_hi" / c.Int16ul,
         "ee_start_lo" / c.Int32ul,
-    )
+    ),
 )
-EXTENT_TAIL = Layout(c.Struct("eb_checksum" / c.Int32ul))
+EXTENT_TAIL = Layout("extent_tail", c.Struct("eb_checksum" / c.Int32ul))
 
 EXT4_EXT_MAGIC = 0xF30A
 EXT4_MAX_EXTENT_DEPTH = 5

@@ -17,7 +17,6 @@ import construct as c
 from drivers.base import CorruptImage
 from drivers.ext4.checksum import crc16, ext4_chksum, le32
 from drivers.ext4.device import BlockDevice
-from drivers.ext4.layout import Layout
 from drivers.ext4.superblock import (
     COMPAT_SPARSE_SUPER2,
     INCOMPAT_FLEX_BG,
@@ -28,12 +27,14 @@ from drivers.ext4.superblock import (
     SUPERBLOCK_OFFSET,
     Superblock,
 )
+from drivers.layout import Layout
 
 __all__ = ["GROUP_DESC", "GroupTable", "bg_has_super", "bg_num_gdb", "descriptor_block"]
 
 log = logging.getLogger("pyfsmount.ext4")
 
 GROUP_DESC = Layout(
+    "group_desc",
     c.Struct(
         "bg_block_bitmap_lo" / c.Int32ul,
         "bg_inode_bitmap_lo" / c.Int32ul,
@@ -59,7 +60,7 @@ GROUP_DESC = Layout(
         "bg_block_bitmap_csum_hi" / c.Int16ul,
         "bg_inode_bitmap_csum_hi" / c.Int16ul,
         "bg_reserved" / c.Int32ul,
-    )
+    ),
 )
 _I = GROUP_DESC.index
 _CSUM_OFFSET = GROUP_DESC.offset_of("bg_checksum")

@@ -19,7 +19,6 @@ import construct as c
 
 from drivers.base import Attr, CorruptImage
 from drivers.ext4.checksum import ext4_chksum, inode_csum_seed
-from drivers.ext4.layout import Layout
 from drivers.ext4.superblock import (
     EXT4_GOOD_OLD_INODE_SIZE,
     EXT4_OS_HURD,
@@ -29,6 +28,7 @@ from drivers.ext4.superblock import (
     RO_COMPAT_HUGE_FILE,
     Superblock,
 )
+from drivers.layout import Layout
 
 if TYPE_CHECKING:
     from drivers.ext4.extents import ExtentNode
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 INODE = Layout(
+    "inode",
     c.Struct(
         "i_mode" / c.Int16ul,
         "i_uid" / c.Int16ul,
@@ -80,7 +81,7 @@ INODE = Layout(
         "i_crtime_extra" / c.Int32ul,
         "i_version_hi" / c.Int32ul,
         "i_projid" / c.Int32ul,
-    )
+    ),
 )
 _PAD = bytes(INODE.size)
 _INODE_UNPACK = INODE.packer.unpack_from

@@ -15,7 +15,7 @@ import construct as c
 
 from drivers.base import CorruptImage, Unsupported
 from drivers.ext4.checksum import ext4_chksum
-from drivers.ext4.layout import Layout
+from drivers.layout import Layout
 
 __all__ = ["SUPERBLOCK", "SUPERBLOCK_OFFSET", "Superblock", "parse_superblock"]
 
@@ -26,6 +26,7 @@ EXT4_SUPER_MAGIC = 0xEF53
 MAGIC_OFFSET = SUPERBLOCK_OFFSET + 0x38
 
 SUPERBLOCK = Layout(
+    "superblock",
     c.Struct(
         "s_inodes_count" / c.Int32ul,
         "s_blocks_count_lo" / c.Int32ul,
@@ -129,7 +130,7 @@ SUPERBLOCK = Layout(
         "s_orphan_file_inum" / c.Int32ul,
         "s_reserved" / c.Bytes(94 * 4),
         "s_checksum" / c.Int32ul,
-    )
+    ),
 )
 assert SUPERBLOCK.size == SUPERBLOCK_SIZE
 

@@ -20,8 +20,8 @@ from drivers.base import CorruptImage
 from drivers.ext4.checksum import ext4_chksum, le64
 from drivers.ext4.device import BlockDevice
 from drivers.ext4.inode import EXT4_GOOD_OLD_INODE_SIZE, Inode
-from drivers.ext4.layout import Layout
 from drivers.ext4.superblock import INCOMPAT_EA_INODE, Superblock
+from drivers.layout import Layout
 
 __all__ = [
     "XATTR_ENTRY",
@@ -33,8 +33,9 @@ __all__ = [
     "xattr_name",
 ]
 
-XATTR_IBODY_HEADER = Layout(c.Struct("h_magic" / c.Int32ul))
+XATTR_IBODY_HEADER = Layout("xattr_ibody_header", c.Struct("h_magic" / c.Int32ul))
 XATTR_HEADER = Layout(
+    "xattr_header",
     c.Struct(
         "h_magic" / c.Int32ul,
         "h_refcount" / c.Int32ul,
@@ -42,9 +43,10 @@ XATTR_HEADER = Layout(
         "h_hash" / c.Int32ul,
         "h_checksum" / c.Int32ul,
         "h_reserved" / c.Bytes(12),
-    )
+    ),
 )
 XATTR_ENTRY = Layout(
+    "xattr_entry",
     c.Struct(
         "e_name_len" / c.Int8ul,
         "e_name_index" / c.Int8ul,
@@ -52,7 +54,7 @@ XATTR_ENTRY = Layout(
         "e_value_inum" / c.Int32ul,
         "e_value_size" / c.Int32ul,
         "e_hash" / c.Int32ul,
-    )
+    ),
 )
 
 EXT4_XATTR_MAGIC = 0xEA020000

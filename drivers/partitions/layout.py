@@ -18,11 +18,9 @@ enough for the check that tells a bare FAT file system from an MBR, since both e
 
 from __future__ import annotations
 
-import struct
-from collections import namedtuple
-from typing import Any
-
 import construct as c
+
+from drivers.layout import Layout
 
 __all__ = [
     "EBR_CHAIN_MAX",
@@ -34,71 +32,6 @@ __all__ = [
     "MBR_PARTITION_RECORD",
     "Layout",
 ]
-
-
-class Layout:
-    """A fixed-size little-endian structure: its construct declaration and a fast decoder.
-
-    ``unpack_record(buf, offset)`` returns a named tuple with the declaration's field
-    names; ``pack(**fields)`` encodes through construct (for tests and tools);
-    ``offset_of(name)`` and ``size_of(name)`` locate a field (for tests that patch bytes).
-    """
-
-    __slots__ = ("_make_record", "construct", "names", "offsets", "packer", "size", "sizes")
-
-    def __init__(self, name: str, declaration: c.Struct) -> None:
-        self.construct = declaration
-        fmt = "<"
-        names: list[str] = []
-        offsets: dict[str, int] = {}
-        sizes: dict[str, int] = {}
-        offset = 0
-        for sub in declaration.subcons:
-            inner = sub.subcon if isinstance(sub, c.Renamed) else sub
-            part = _format_of(inner)
-            if not sub.name:
-                raise TypeError("every field needs a name")
-            names.append(sub.name)
-            offsets[sub.name] = offset
-            sizes[sub.name] = struct.calcsize("<" + part)
-            fmt += part
-            offset += sizes[sub.name]
-        self.packer = struct.Struct(fmt)
-        self.size = self.packer.size
-        if self.size != declaration.sizeof():
-            raise TypeError("derived format disagrees with the construct declaration")
-        self.names = tuple(names)
-        self.offsets = offsets
-        self.sizes = sizes
-        record: Any = namedtuple(name, names)  # type: ignore[misc]
-        self._make_record = record._make
-
-    def unpack_record(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> Any:
-        """Decode the structure at ``offset`` of ``buf`` (struct.error if it does not fit)."""
-        return self._make_record(self.packer.unpack_from(buf, offset))
-
-    def pack(self, **fields: Any) -> bytes:
-        """Encode from field values (through construct: for tests and tools)."""
-        data: bytes = self.construct.build(fields)
-        return data
-
-    def offset_of(self, name: str) -> int:
-        return self.offsets[name]
-
-    def size_of(self, name: str) -> int:
-        return self.sizes[name]
-
-
-def _format_of(subcon: Any) -> str:
-    """The struct format of one fixed-size little-endian field."""
-    if isinstance(subcon, c.FormatField):
-        fmt: str = subcon.fmtstr
-        if fmt[0] != "<" and subcon.length != 1:
-            raise TypeError(f"partition table fields are little-endian, not {fmt!r}")
-        return fmt[1:]
-    if isinstance(subcon, c.Bytes) and isinstance(subcon.length, int):
-        return f"{subcon.length}s"
-    raise TypeError(f"unsupported construct for a fixed layout: {subcon!r}")
 
 
 # -- legacy MBR (UEFI spec 5.2.1, "Legacy MBR") ------------------------------------------------

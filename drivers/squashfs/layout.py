@@ -14,82 +14,11 @@ directory index's name) are read by the modules that own them.
 
 from __future__ import annotations
 
-import struct
-from collections import namedtuple
-from typing import Any
-
 import construct as c
 
+from drivers.layout import Layout
+
 __all__ = ["Layout"]
-
-
-def _format_of(subcon: Any) -> str:
-    """The struct format of one fixed-size little-endian field."""
-    if isinstance(subcon, c.FormatField):
-        fmt: str = subcon.fmtstr
-        if fmt[0] != "<" and subcon.length != 1:
-            raise TypeError(f"squashfs fields are little-endian, not {fmt!r}")
-        return fmt[1:]
-    if isinstance(subcon, c.Bytes) and isinstance(subcon.length, int):
-        return f"{subcon.length}s"
-    raise TypeError(f"unsupported construct for a fixed layout: {subcon!r}")
-
-
-class Layout:
-    """A fixed-size structure: its construct declaration and the fast decoder derived from it.
-
-    ``unpack_record(buf, offset)`` returns a named tuple with the declaration's field
-    names; ``packer`` is the derived :class:`struct.Struct` for loops that want plain
-    tuples; ``offset_of(name)`` and ``size_of(name)`` locate a field (for tests and tools
-    that patch images).
-    """
-
-    __slots__ = ("_make_record", "construct", "names", "offsets", "packer", "size", "sizes")
-
-    def __init__(self, name: str, declaration: c.Struct) -> None:
-        self.construct = declaration
-        fmt = "<"
-        names: list[str] = []
-        offsets: dict[str, int] = {}
-        sizes: dict[str, int] = {}
-        offset = 0
-        for sub in declaration.subcons:
-            inner = sub.subcon if isinstance(sub, c.Renamed) else sub
-            part = _format_of(inner)
-            if not sub.name:
-                raise TypeError("every field needs a name")
-            names.append(sub.name)
-            offsets[sub.name] = offset
-            sizes[sub.name] = struct.calcsize("<" + part)
-            fmt += part
-            offset += sizes[sub.name]
-        self.packer = struct.Struct(fmt)
-        self.size = self.packer.size
-        if self.size != declaration.sizeof():
-            raise TypeError("derived format disagrees with the construct declaration")
-        self.names = tuple(names)
-        self.offsets = offsets
-        self.sizes = sizes
-        record: Any = namedtuple(name, names)  # type: ignore[misc]
-        self._make_record = record._make
-
-    def unpack_record(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> Any:
-        """Decode the structure at ``offset`` (struct.error if it does not fit)."""
-        return self._make_record(self.packer.unpack_from(buf, offset))
-
-    def unpack(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
-        return dict(zip(self.names, self.packer.unpack_from(buf, offset), strict=True))
-
-    def pack(self, **fields: Any) -> bytes:
-        """Encode from field values (through construct: for tests and tools, not hot paths)."""
-        data: bytes = self.construct.build(fields)
-        return data
-
-    def offset_of(self, name: str) -> int:
-        return self.offsets[name]
-
-    def size_of(self, name: str) -> int:
-        return self.sizes[name]
 
 
 # -- constants (names as squashfs_fs.h) -------------------------------------------------------
