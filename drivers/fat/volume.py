@@ -22,15 +22,11 @@ CorruptImage at this boundary, so nothing else escapes.
 
 from __future__ import annotations
 
-import functools
 import stat
-import struct
-from collections.abc import Callable, Iterator, Mapping
-from typing import ParamSpec, TypeVar
-
-import construct
+from collections.abc import Iterator, Mapping
 
 from drivers.base import (
+    DECODING_ERRORS,
     Attr,
     BlockReader,
     BoundedCache,
@@ -39,6 +35,7 @@ from drivers.base import (
     NoSuchAttribute,
     StatFs,
     Volume,
+    guarded,
 )
 from drivers.fat.bootsector import Geometry, looks_like_fat, read_boot_sector
 from drivers.fat.directory import (
@@ -97,35 +94,6 @@ CHAIN_CACHE_RUNS = 1 << 18
 PARENT_CACHE_ENTRIES = 65536
 FAT_CACHE_REGIONS = 128  # FAT32 regions of 64 KiB: 8 MiB of FAT
 
-#: Errors that decoding crafted bytes may raise; at the public boundary they mean corruption.
-_DECODING_ERRORS = (
-    struct.error,
-    IndexError,
-    KeyError,
-    ValueError,
-    OverflowError,
-    ZeroDivisionError,
-    RecursionError,
-    UnicodeError,
-    construct.ConstructError,
-)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _guarded(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn decoding errors escaping ``method`` into CorruptImage."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except _DECODING_ERRORS as exc:
-            raise CorruptImage(f"malformed metadata ({type(exc).__name__}: {exc})") from exc
-
-    return wrapper
-
 
 class FatVolume(Volume):
     """A FAT12, FAT16 or FAT32 volume with VFAT long names, read-only."""
@@ -163,7 +131,7 @@ class FatVolume(Volume):
             return False
 
     @classmethod
-    @_guarded
+    @guarded
     def open(cls, reader: BlockReader, options: Mapping[str, str]) -> FatVolume:
         volume = cls(reader, read_boot_sector(reader), parse_options(options))
         try:
@@ -347,7 +315,7 @@ class FatVolume(Volume):
 
     # -- the interface ---------------------------------------------------------------------
 
-    @_guarded
+    @guarded
     def getattr(self, ino: int) -> Attr:
         attr = self._attrs.get(ino)
         if attr is None:
@@ -357,7 +325,7 @@ class FatVolume(Volume):
             self._attrs[ino] = attr
         return attr
 
-    @_guarded
+    @guarded
     def lookup(self, dir_ino: int, name: bytes) -> int:
         listing, start = self._dir(dir_ino)
         if name == b".":
@@ -385,10 +353,10 @@ class FatVolume(Volume):
                 check_listed_name(name, f"directory inode {dir_ino}")
                 ino = self._remember(dir_ino, start, listing, index)
                 yield DirEntry(name, ino, listing.next_offset(index))
-        except _DECODING_ERRORS as exc:
+        except DECODING_ERRORS as exc:
             raise CorruptImage(f"malformed directory ({type(exc).__name__}: {exc})") from exc
 
-    @_guarded
+    @guarded
     def read(self, ino: int, offset: int, size: int) -> bytes:
         if ino == ROOT_INO:
             raise IsADirectoryError(f"inode {ino} is a directory")
@@ -433,7 +401,7 @@ class FatVolume(Volume):
             skip = 0
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    @_guarded
+    @guarded
     def readlink(self, ino: int) -> bytes:
         self.getattr(ino)
         raise CorruptImage(f"inode {ino} is not a symbolic link (FAT has none)")
@@ -453,11 +421,11 @@ class FatVolume(Volume):
         names = [name for bit, name in ATTRIBUTE_NAMES if attr & bit]
         return {XATTR_ATTRIBUTES: ",".join(names).encode()} if names else {}
 
-    @_guarded
+    @guarded
     def listxattr(self, ino: int) -> list[bytes]:
         return list(self._xattrs(ino))
 
-    @_guarded
+    @guarded
     def getxattr(self, ino: int, name: bytes) -> bytes:
         value = self._xattrs(ino).get(name)
         if value is None:
@@ -469,7 +437,7 @@ class FatVolume(Volume):
         """The root directory's volume label entry, else BS_VolLab (unless "NO NAME")."""
         try:
             raw = self._root().label
-        except (CorruptImage, *_DECODING_ERRORS):
+        except (CorruptImage, *DECODING_ERRORS):
             raw = None
         if raw is None and self.geometry.bpb_label not in (None, NO_NAME_LABEL):
             raw = self.geometry.bpb_label
@@ -486,7 +454,7 @@ class FatVolume(Volume):
             return ""
         return f"{volume_id >> 16:04X}-{volume_id & 0xFFFF:04X}"
 
-    @_guarded
+    @guarded
     def statfs(self) -> StatFs:
         """As fat_statfs: clusters, free ones counted in the FAT (or FSInfo's count with
         ``usefree``), no inode counts."""
