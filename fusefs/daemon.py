@@ -28,13 +28,15 @@ from pyfuse3 import (
     XAttrNameT,
 )
 
-from drivers.base import Attr, CorruptImage, NoSuchAttribute, Unsupported, Volume
+from drivers.base import Attr, CorruptImage, DriverError, NoSuchAttribute, Unsupported, Volume
 from fusefs.prefetch import DirectoryPrefetcher
 
 log = logging.getLogger("pyfsmount")
 
 #: The image never changes under us; a day of caching is as good as forever.
 CACHE_TIMEOUT = 86400.0
+#: "." and ".." come first in every listing, at FUSE offsets 1 and 2.
+DOT_ENTRIES = 2
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -184,10 +186,20 @@ class VolumeOperations(pyfuse3.Operations):
 
     @fuse_request
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
+        """Entries from ``start_id``: "." and ".." (offsets 1 and 2), then the driver's.
+
+        The kernel adds neither dot entry itself and drivers list neither, so they are
+        made here; a driver's offset n travels as n + DOT_ENTRIES.
+        """
         volume, entry, reply = self.volume, self.entry, pyfuse3.readdir_reply  # hot loop
         dir_ino = self.to_driver(fh)
+        if start_id < DOT_ENTRIES:
+            dots = ((b".", dir_ino), (b"..", self.parent_of(dir_ino)))
+            for offset, (name, ino) in enumerate(dots[start_id:], start_id + 1):
+                if not reply(token, FileNameT(name), entry(volume.getattr(ino)), offset):
+                    return
         subdirectories = []
-        for dirent in volume.readdir(dir_ino, start_id):
+        for dirent in volume.readdir(dir_ino, max(0, start_id - DOT_ENTRIES)):
             try:
                 attr = volume.getattr(dirent.ino)
                 attrs = entry(attr)
@@ -195,10 +207,20 @@ class VolumeOperations(pyfuse3.Operations):
                     subdirectories.append(dirent.ino)
             except CorruptImage as exc:
                 attrs = self.unreadable_entry(dirent.ino, dirent.name, exc)
-            if not reply(token, dirent.name, attrs, dirent.next_offset):
+            if not reply(token, dirent.name, attrs, dirent.next_offset + DOT_ENTRIES):
                 break
         if self.prefetcher is not None:
             self.prefetcher.listed(dir_ino, subdirectories, first=start_id == 0)
+
+    def parent_of(self, dir_ino: int) -> int:
+        """The directory's parent as its ".." says (the root is its own parent)."""
+        if dir_ino == self.volume.root_ino:
+            return dir_ino
+        try:
+            return self.volume.lookup(dir_ino, b"..")
+        except (DriverError, OSError) as exc:
+            log.warning("readdir: '..' of directory %d: %s", dir_ino, exc)
+            return dir_ino
 
     def unreadable_entry(
         self, ino: int, name: bytes, exc: CorruptImage

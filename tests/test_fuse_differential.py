@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,26 @@ def test_random_reads_equal_the_kernel(images: ImageCache, mountpoint: Path) -> 
                     want.seek(offset)
                     got.seek(offset)
                     assert got.read(length) == want.read(length), (relative, offset, length)
+
+
+@pytest.mark.parametrize("sample", ["sample-ext4.img", "sample-squashfs.img"])
+def test_listings_carry_dot_and_dotdot_as_the_kernels_do(sample: str, mountpoint: Path) -> None:
+    """getdents, not os.listdir (which hides them): "." and ".." in every directory."""
+    from tests.launcher import PROJECT
+    from tests.support.kernel import kernel_mount
+
+    image = PROJECT / "images" / sample
+
+    def listings(root: Path) -> dict[str, list[str]]:
+        out = {}
+        for dirpath, _, _ in os.walk(root):
+            ls = subprocess.run(["ls", "-a", "-1", dirpath], capture_output=True, text=True)
+            out[os.path.relpath(dirpath, root)] = sorted(ls.stdout.splitlines())
+        return out
+
+    with kernel_mount(image, "squashfs" if "squashfs" in sample else "ext4") as kernel_root:
+        want = listings(Path(kernel_root))
+    mount_image(image, mountpoint)
+    got = listings(mountpoint)
+    assert got == want
+    assert all(names[:2] == [".", ".."] for names in got.values())
