@@ -26,10 +26,11 @@ DESCRIPTION = """\
 Mount the file system in IMAGE (a file or a block device) read-only at DIR.
 
 The image is parsed in user space by a driver process of its own, never by the kernel,
-so images from untrusted sources can be mounted safely. Supported: ext2, ext3, ext4 and
-squashfs. The type is detected from the image unless -t names it. A whole-disk image
-with an MBR or GPT partition table mounts its first partition holding a supported file
-system, or the one -o partition=N names; `pyfsmount --list IMAGE` shows them.
+so images from untrusted sources can be mounted safely. Supported: ext2, ext3, ext4,
+squashfs and FAT12/16/32 (vfat). The type is detected from the image unless -t names
+it. A whole-disk image with an MBR or GPT partition table mounts its first partition
+holding a supported file system, or the one -o partition=N names; `pyfsmount --list
+IMAGE` shows them.
 
 pyfsmount returns once the mount is ready and leaves a daemon serving it. Unmount with
 `fusermount3 -u DIR` or `umount DIR`; SIGTERM to the daemon unmounts too.
@@ -51,6 +52,10 @@ mount options (-o, comma-separated, mount(8) style):
   max_memory=BYTES   address-space budget of the driver process (default 512M)
   sandbox=off        run the driver unconfined (debugging only; loudly warned about)
   noload             ext3/ext4: ignore the journal of an image that needs recovery
+  dmask=, fmask=     vfat: permission bits cleared on directories / files (default 022)
+  codepage=N         vfat: OEM code page of 8.3 names (default 437)
+  tz=UTC             vfat: times are UTC (default: this machine's local time, as vfat)
+  shortname=, showexec, rodir, time_offset=   vfat, as the kernel's (drivers/fat/NOTES.md)
   Options mount(8) and fstab use (defaults, nofail, _netdev, x-*, ...) are accepted.
 
 listing partitions:
@@ -89,8 +94,8 @@ def build_parser() -> Parser:
                         help="list the partitions of IMAGE and the file system in each "
                         "(parsed by a confined driver), then exit; no DIR")
     parser.add_argument("-t", "--type", dest="fs_type", metavar="TYPE",
-                        help="file system type: ext2, ext3, ext4 (default: detect); "
-                        "fuse.pyfsmount and fuse.TYPE are accepted")
+                        help="file system type: ext2, ext3, ext4, squashfs, vfat (default: "
+                        "detect); fuse.pyfsmount and fuse.TYPE are accepted")
     parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                         help="comma-separated mount options (see below); may repeat")
     parser.add_argument("-f", "--foreground", action="store_true",
