@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import construct as c
 
+from drivers.fat.layout import BPB
 from drivers.layout import Layout
 
 __all__ = [
@@ -85,28 +86,10 @@ EFI_PMBR_OSTYPE_EFI_GPT = 0xEE
 #: partitions only up to 255, so at most 251 logical ones).
 EBR_CHAIN_MAX = 256
 
-# -- FAT boot sector (Microsoft FAT specification names, first 36 bytes) -----------------------
+# -- FAT boot sector: the FAT driver's own declaration of the BPB (first 36 bytes) ----------
 
-FAT_BOOT_SECTOR = Layout(
-    "FATBootSector",
-    c.Struct(
-        "BS_jmpBoot" / c.Bytes(3),
-        "BS_OEMName" / c.Bytes(8),
-        "BPB_BytsPerSec" / c.Int16ul,
-        "BPB_SecPerClus" / c.Int8ul,
-        "BPB_RsvdSecCnt" / c.Int16ul,
-        "BPB_NumFATs" / c.Int8ul,
-        "BPB_RootEntCnt" / c.Int16ul,
-        "BPB_TotSec16" / c.Int16ul,
-        "BPB_Media" / c.Int8ul,
-        "BPB_FATSz16" / c.Int16ul,
-        "BPB_SecPerTrk" / c.Int16ul,
-        "BPB_NumHeads" / c.Int16ul,
-        "BPB_HiddSec" / c.Int32ul,
-        "BPB_TotSec32" / c.Int32ul,
-    ),
-)
-assert FAT_BOOT_SECTOR.size == 36
+#: A bare FAT file system's boot sector also ends in 55 AA; its BPB tells it from an MBR.
+FAT_BOOT_SECTOR = BPB
 
 #: Where FAT12/16 and FAT32 keep their informational "FAT16   " / "FAT32   " strings, and
 #: where NTFS and exFAT put their OEM names (which are their magic numbers).
