@@ -20,17 +20,13 @@ import importlib
 import os
 import random
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-from drivers.base import BlockReader, DirEntry, NoSuchAttribute, Volume
-from drivers.registry import open_volume
+from drivers.base import DirEntry, NoSuchAttribute, Volume
 from tests.support.images import BIGDIR_SETS, OPTION_SETS, ImageCache
 from tests.support.kernel import kernel_mount
-from tests.support.scan import assert_scans_equal, scan_volume, show_path
+from tests.support.scan import assert_scans_equal, opened, scan_volume, show_path
 
 
 def _driver_or_skip() -> None:
@@ -48,16 +44,6 @@ def _driver_or_skip() -> None:
 _driver_or_skip()
 
 STANDARD_SETS = list(OPTION_SETS)
-
-
-@contextmanager
-def opened(image: Path) -> Iterator[Volume]:
-    """The driver's volume of ``image`` (found by probing), its descriptor closed after."""
-    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        yield open_volume(BlockReader(fd))
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture(scope="module")

@@ -14,30 +14,15 @@ pyfsmount mount.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-from drivers.base import BlockReader, Volume
-from drivers.registry import open_volume
 from tests.support.images import SQUASHFS_SETS, ImageCache
 from tests.support.kernel import kernel_mount
-from tests.support.scan import assert_scans_equal, scan_volume
+from tests.support.scan import assert_scans_equal, opened, scan_volume
 
 #: Sets the 10,000-entry directory is built with: the directory index at two block sizes.
 SQUASHFS_BIGDIR_SETS = ("sq-gzip", "sq-4k", "sq-uncompressed")
-
-
-@contextmanager
-def opened(image: Path) -> Iterator[Volume]:
-    """The volume of ``image`` (found by probing), its descriptor closed after."""
-    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        yield open_volume(BlockReader(fd))
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture(scope="module")

@@ -28,15 +28,14 @@ import pickle
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from drivers.base import Attr
-
-if TYPE_CHECKING:
-    from drivers.base import Volume
+from drivers.base import Attr, BlockReader, Volume
+from drivers.registry import open_volume
 
 #: Bytes read per call when hashing file contents.
 CHUNK = 1 << 20
@@ -676,3 +675,13 @@ def without(scan: Mapping[bytes, Entry], *prefixes: bytes) -> dict[bytes, Entry]
         scan,
         lambda p, _: not any(p == x or p.startswith(x.rstrip(b"/") + b"/") for x in prefixes),
     )
+
+
+@contextmanager
+def opened(image: str | os.PathLike[str]) -> Iterator[Volume]:
+    """The driver's volume of ``image`` (found by probing), its descriptor closed after."""
+    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        yield open_volume(BlockReader(fd))
+    finally:
+        os.close(fd)
