@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 src=$(mktemp -d)
+chmod 755 "$src"  # mktemp makes it 0700: the root of the images would be unreadable to users
 trap 'rm -rf "$src"' EXIT
 
 mkdir -p "$src/docs/notes" "$src/bin" "$src/empty"
