@@ -646,3 +646,32 @@ def _stat_walk(volume: FatVolume) -> int:
             if volume.getattr(entry.ino).is_dir:
                 pending.append(entry.ino)
     return seen
+
+
+def test_a_boot_sector_without_55aa_is_still_fat(tmp_path: Path) -> None:
+    """The kernel's fat_fill_super never checks the boot signature; neither do we.
+
+    (Old floppies and syzkaller's images lack it; mtools and Linux read them.)
+    """
+    image = tmp_path / "unsigned.img"
+    subprocess.run(
+        ["mkfs.fat", "-F", "16", "-C", str(image), "32768"], check=True, capture_output=True
+    )
+    source = tmp_path / "hello.txt"
+    source.write_text("hello\n")
+    subprocess.run(
+        ["mcopy", "-i", str(image), str(source), "::/"],
+        check=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    )
+    with open(image, "r+b") as f:
+        f.seek(510)
+        f.write(b"\0\0")
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        assert FatVolume.probe(BlockReader(fd))
+        volume = FatVolume.open(BlockReader(fd), {})
+        ino = volume.lookup(volume.root_ino, b"hello.txt")
+        assert volume.read(ino, 0, 100) == b"hello\n"
+    finally:
+        os.close(fd)

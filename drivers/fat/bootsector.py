@@ -295,8 +295,10 @@ def _with_fsinfo(geometry: Geometry, fsinfo: FsInfo | None) -> Geometry:
 
 
 def looks_like_fat(reader: BlockReader) -> bool:
-    """A boot signature and a plausible BPB (or a good FAT32 backup); never another format.
+    """A plausible BPB (or a good FAT32 backup); never another format.
 
+    The 55 AA boot signature is not required: the kernel's fat_fill_super never looks
+    at it, and images without it (old floppies, syzkaller's) mount there and in mtools.
     exFAT boot sectors count, so that opening them says why they are refused.
     """
     for offset, magic in FOREIGN_MAGICS:
@@ -305,13 +307,11 @@ def looks_like_fat(reader: BlockReader) -> bool:
     primary = reader.read_upto(0, BOOT_SECTOR_SIZE)
     if len(primary) < BOOT_SECTOR_SIZE:
         return False
-    signed = primary[BOOT_SIGNATURE_OFFSET : BOOT_SIGNATURE_OFFSET + 2] == BOOT_SIGNATURE
-    if signed:
-        try:
-            parse_boot_sector(primary, None)
-            return True
-        except Unsupported:
-            return True
-        except CorruptImage:
-            pass
+    try:
+        parse_boot_sector(primary, None)
+        return True
+    except Unsupported:
+        return True
+    except CorruptImage:
+        pass
     return _backup(reader, primary, check_image=False) is not None
