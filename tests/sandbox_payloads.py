@@ -37,13 +37,24 @@ IMAGE_TEXT = b"hello from the image\n" * 3
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long)
+_libc.mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
 _libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 _libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
 _libc.ptrace.restype = ctypes.c_long
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p)
+_libc.mount.argtypes = (
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+)
 
 
 # --- payloads (run in the confined process) ------------------------------------------------
@@ -90,9 +101,11 @@ def prepare(name: str) -> Callable[[], None]:
 
 
 def open_etc_passwd() -> None:
-    report(open=_errno_of(lambda: os.open("/etc/passwd", os.O_RDONLY)),
-           stat=_errno_of(lambda: os.stat("/etc/passwd")),
-           cwd=_errno_of(os.getcwd))
+    report(
+        open=_errno_of(lambda: os.open("/etc/passwd", os.O_RDONLY)),
+        stat=_errno_of(lambda: os.stat("/etc/passwd")),
+        cwd=_errno_of(os.getcwd),
+    )
 
 
 def socket_inet() -> None:
@@ -164,8 +177,10 @@ def kill_init() -> None:
 
 
 def kill_launcher() -> None:
-    report(kill=_errno_of(lambda: os.kill(_env_int("PYFSMOUNT_TEST_VICTIM_PID"), signal.SIGKILL)),
-           kill_all=_errno_of(lambda: os.kill(-1, signal.SIGKILL)))
+    report(
+        kill=_errno_of(lambda: os.kill(_env_int("PYFSMOUNT_TEST_VICTIM_PID"), signal.SIGKILL)),
+        kill_all=_errno_of(lambda: os.kill(-1, signal.SIGKILL)),
+    )
 
 
 def memory_bomb() -> None:
@@ -218,13 +233,36 @@ def _raw(nr: int) -> Callable[[], None]:
 
 PAYLOADS: dict[str, Callable[[], None]] = {
     f.__name__: f
-    for f in (open_etc_passwd, socket_inet, socket_unix, connect_unix, execve_sh, fork,
-              ptrace_launcher, mount_tmpfs, unshare_user, write_image, pwrite_image, mmap_exec,
-              mprotect_exec, kill_init, kill_launcher, memory_bomb, thread_bomb, pipe, rlimits)
+    for f in (
+        open_etc_passwd,
+        socket_inet,
+        socket_unix,
+        connect_unix,
+        execve_sh,
+        fork,
+        ptrace_launcher,
+        mount_tmpfs,
+        unshare_user,
+        write_image,
+        pwrite_image,
+        mmap_exec,
+        mprotect_exec,
+        kill_init,
+        kill_launcher,
+        memory_bomb,
+        thread_bomb,
+        pipe,
+        rlimits,
+    )
 }
 PAYLOADS.update(
-    bpf=_raw(321), keyctl=_raw(250), perf_event_open=_raw(298), userfaultfd=_raw(323),
-    io_uring_setup=_raw(425), setns=_raw(308), open_by_handle_at=_raw(304),
+    bpf=_raw(321),
+    keyctl=_raw(250),
+    perf_event_open=_raw(298),
+    userfaultfd=_raw(323),
+    io_uring_setup=_raw(425),
+    setns=_raw(308),
+    open_by_handle_at=_raw(304),
     x32_getpid=_raw(0x40000000 | 39),  # the x32 ABI: same number, another table
 )
 
@@ -275,8 +313,10 @@ def _memory_ops_class() -> type:
         def __init__(self, image_fd: int, size: int) -> None:
             super().__init__()
             self.image_fd, self.size = image_fd, size
-            self.children = {root: {b"hello.txt": hello, b"link": link, b"sub": sub},
-                             sub: {b"nested.txt": nested}}
+            self.children = {
+                root: {b"hello.txt": hello, b"link": link, b"sub": sub},
+                sub: {b"nested.txt": nested},
+            }
 
         def _attr(self, ino: int) -> pyfuse3.EntryAttributes:
             e = pyfuse3.EntryAttributes()
@@ -370,8 +410,12 @@ def root_fuse_mount(mountpoint: str, uid: int = 0, gid: int = 0) -> int:
     """mount(2) a FUSE file system on a /dev/fuse fd opened here (needs root)."""
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     opts = f"fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions"
-    if _libc.mount(b"sandboxtest", mountpoint.encode(), b"fuse.sandboxtest",
-                   0x1 | 0x2 | 0x4, opts.encode()) != 0:
+    if (
+        _libc.mount(
+            b"sandboxtest", mountpoint.encode(), b"fuse.sandboxtest", 0x1 | 0x2 | 0x4, opts.encode()
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         os.close(fd)
         raise OSError(err, f"mount fuse on {mountpoint}: {os.strerror(err)}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import drivers
 from drivers.base import Attr, Volume
 from drivers.ext4.volume import Ext4Volume
+from tests.support.commands import run
 from tests.support.scan import attr_of_stat
 
 __all__ = [
@@ -60,14 +61,6 @@ def can_mount() -> bool:
         and shutil.which("mke2fs") is not None
         and Path("/dev/loop-control").exists()
     )
-
-
-def run(*args: str, input: bytes | None = None) -> str:
-    result = subprocess.run(args, capture_output=True, input=input, check=False)
-    if result.returncode != 0:
-        stderr = result.stderr.decode(errors="replace")
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}): {stderr}")
-    return result.stdout.decode(errors="replace")
 
 
 def make_tree(
@@ -180,7 +173,7 @@ def fsck_rehash(image: Path) -> None:
 def debugfs(image: Path, *commands: str, write: bool = False) -> str:
     """Run debugfs commands on ``image`` (``write``: open it read-write) and return stdout."""
     args = ["debugfs", *(["-w"] if write else []), "-f", "-", str(image)]
-    return run(*args, input=("\n".join(commands) + "\n").encode())
+    return run(*args, stdin=("\n".join(commands) + "\n").encode())
 
 
 def grow_inline_dir(image: Path) -> None:

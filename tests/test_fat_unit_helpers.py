@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 from drivers.base import Attr, BlockReader, Volume
 from drivers.fat import FatVolume
+from tests.support.commands import run
 
 __all__ = [
     "compare_with_mtools",
@@ -41,14 +41,6 @@ MTOOLS_ENV = {
 
 def can_build() -> bool:
     return all(shutil.which(tool) for tool in TOOLS)
-
-
-def run(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> str:
-    result = subprocess.run([os.fspath(a) for a in args], capture_output=True, env=env, check=False)
-    if result.returncode != 0:
-        stderr = result.stderr.decode(errors="replace")
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}): {stderr}")
-    return result.stdout.decode(errors="replace")
 
 
 def mtools(tool: str, image: Path, *args: str | os.PathLike[str]) -> str:

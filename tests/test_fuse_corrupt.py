@@ -60,9 +60,7 @@ def errno_of(action: object) -> int | None:
     return None
 
 
-def test_a_corrupt_inode_fails_alone_and_is_still_listed(
-    tmp_path: Path, mountpoint: Path
-) -> None:
+def test_a_corrupt_inode_fails_alone_and_is_still_listed(tmp_path: Path, mountpoint: Path) -> None:
     image = sample_copy(tmp_path)
     corrupt_inode_checksum(image, "docs/numbers.txt")
     mount_image(image, mountpoint)
@@ -86,7 +84,10 @@ def test_a_zero_rec_len_fails_that_directory_quickly_and_nothing_else(
     assert time.monotonic() - start < 5
     assert (mountpoint / "docs" / "numbers.txt").read_text().startswith("1\n2\n3\n")
     assert sorted(os.listdir(mountpoint / "docs")) == [
-        "notes", "numbers.txt", "readme-link", "slow-symlink"
+        "notes",
+        "numbers.txt",
+        "readme-link",
+        "slow-symlink",
     ]
 
 

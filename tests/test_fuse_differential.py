@@ -87,9 +87,10 @@ def test_random_reads_equal_the_kernel(images: ImageCache, mountpoint: Path) -> 
         big = sorted(files, key=lambda p: (kernel_root / p).stat().st_size)[-5:]
         for relative in big:
             size = (kernel_root / relative).stat().st_size
-            with (kernel_root / relative).open("rb") as want, (mountpoint / relative).open(
-                "rb"
-            ) as got:
+            with (
+                (kernel_root / relative).open("rb") as want,
+                (mountpoint / relative).open("rb") as got,
+            ):
                 for _ in range(40):
                     offset = rng.randrange(0, size + 10)
                     length = rng.choice([1, 511, 4096, 65537, 1 << 20])

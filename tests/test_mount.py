@@ -185,7 +185,9 @@ def test_a_block_device_mounts_like_an_image_file(mountpoint: Path, tmp_path: Pa
     shutil.copy(SAMPLE_IMAGE, image)
     device = subprocess.run(
         ["losetup", "--find", "--show", "--read-only", str(image)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     try:
         result = run_pyfsmount(device, str(mountpoint))
@@ -268,9 +270,7 @@ def test_ordinary_user_mounts_through_fusermount(
     assert_gone(target)
 
 
-def test_allow_other_still_enforces_the_image_permissions(
-    shared_dir: Path, test_user: str
-) -> None:
+def test_allow_other_still_enforces_the_image_permissions(shared_dir: Path, test_user: str) -> None:
     mountpoint = shared_dir / "mnt"
     mountpoint.mkdir()
     mount_sample(mountpoint, "allow_other")

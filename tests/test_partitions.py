@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -51,6 +50,7 @@ from drivers.partitions.layout import (
 from drivers.partitions.mbr import sniff_boot_sector
 from drivers.partitions.model import place
 from drivers.partitions.types import GPT_TYPE_NAMES, MBR_TYPE_NAMES
+from tests.support import commands
 
 MiB = 1 << 20
 SECTOR = 512
@@ -69,18 +69,12 @@ def need(*tools: str) -> None:
         pytest.skip(f"missing tools: {', '.join(missing)}")
 
 
+#: sfdisk and friends in the C locale, so their output parses the same everywhere.
+C_LOCALE = {**os.environ, "LC_ALL": "C"}
+
+
 def run(*cmd: str | os.PathLike[str], stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [os.fspath(c) for c in cmd],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "LC_ALL": "C"},
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"{cmd} failed: {result.stderr}")
-    return result.stdout
+    return commands.run(*cmd, stdin=stdin, env=C_LOCALE)
 
 
 def sparse(path: Path, size: int) -> Path:

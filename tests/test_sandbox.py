@@ -46,14 +46,16 @@ THREAD_BOMB_NPROC = 6
 
 
 def _userns_available() -> bool:
-    probe = subprocess.run(["unshare", "--user", "--map-current-user", "true"],
-                           capture_output=True, check=False)
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-current-user", "true"], capture_output=True, check=False
+    )
     return probe.returncode == 0
 
 
 pytestmark = [
-    pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
-                       reason="Linux x86_64 only"),
+    pytest.mark.skipif(
+        sys.platform != "linux" or os.uname().machine != "x86_64", reason="Linux x86_64 only"
+    ),
     pytest.mark.skipif(not _userns_available(), reason="no unprivileged user namespaces"),
 ]
 
@@ -69,8 +71,7 @@ def _as(who: str) -> list[str]:
 
 
 def _uid(who: str) -> int:
-    return os.geteuid() if who == "user" and not IS_ROOT else (
-        TEST_UID if who == "user" else 0)
+    return os.geteuid() if who == "user" and not IS_ROOT else (TEST_UID if who == "user" else 0)
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Driver:
     def result(self) -> dict[str, Any] | None:
         for line in self.stderr().splitlines():
             if line.startswith(sp.RESULT_MARK):
-                return dict(json.loads(line[len(sp.RESULT_MARK):]))
+                return dict(json.loads(line[len(sp.RESULT_MARK) :]))
         return None
 
     def inner_pid(self, timeout: float = 5.0) -> int:
@@ -134,10 +135,21 @@ def start_driver(who: str, tmp: Path, payload: str = "", **env: str) -> Driver:
     }
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [*_as(who), sys.executable, "-m", "tests.sandbox_payloads", "driver",
-             str(image_fd), str(driver_end.fileno())],
-            pass_fds=(image_fd, driver_end.fileno()), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=err, env=environ, cwd=ROOT,
+            [
+                *_as(who),
+                sys.executable,
+                "-m",
+                "tests.sandbox_payloads",
+                "driver",
+                str(image_fd),
+                str(driver_end.fileno()),
+            ],
+            pass_fds=(image_fd, driver_end.fileno()),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=environ,
+            cwd=ROOT,
         )
     control_fd = driver_end.fileno()
     driver_end.close()
@@ -201,8 +213,12 @@ def _run_payload(who: str, name: str, base: Path) -> Outcome:
     host: dict[str, Any] = {}
     limits = {"max_processes": THREAD_BOMB_NPROC} if name == "thread_bomb" else {}
     driver = start_driver(
-        who, tmp, name, PYFSMOUNT_TEST_LIMITS=json.dumps(limits),
-        PYFSMOUNT_TEST_MARKER=str(marker), PYFSMOUNT_TEST_SOCKET=str(shared / "host.sock"),
+        who,
+        tmp,
+        name,
+        PYFSMOUNT_TEST_LIMITS=json.dumps(limits),
+        PYFSMOUNT_TEST_MARKER=str(marker),
+        PYFSMOUNT_TEST_SOCKET=str(shared / "host.sock"),
         PYFSMOUNT_TEST_VICTIM_PID=str(victim.pid),
     )
     try:
@@ -259,8 +275,13 @@ def test_payload(outcomes: dict[tuple[str, str], Outcome], who: str, name: str) 
             else:
                 assert out.result[key] == value, out.result
     # the host saw nothing
-    assert out.host == {**out.host, "accepted": False, "marker": False, "victim_alive": True,
-                        "victim_tracer": 0}
+    assert out.host == {
+        **out.host,
+        "accepted": False,
+        "marker": False,
+        "victim_alive": True,
+        "victim_tracer": 0,
+    }
 
 
 def test_kill_init_survives(outcomes: dict[tuple[str, str], Outcome]) -> None:
@@ -292,31 +313,52 @@ def test_rlimits_inside(who: str) -> None:
     """The limits as the driver sees them; with stderr a pipe, no file may grow at all."""
     proc = subprocess.run(
         [*_as(who), sys.executable, "-m", "tests.sandbox_payloads", "driver", "0", "1"],
-        stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), sandbox.TEST_PAYLOAD_ENV: "rlimits",
-             "PYFSMOUNT_TEST_LIMITS": json.dumps({"cpu_seconds": 30})},
-        timeout=30, check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        cwd=ROOT,
+        env={
+            "PYTHONPATH": str(ROOT),
+            sandbox.TEST_PAYLOAD_ENV: "rlimits",
+            "PYFSMOUNT_TEST_LIMITS": json.dumps({"cpu_seconds": 30}),
+        },
+        timeout=30,
+        check=False,
     )
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
     (line,) = [x for x in err.splitlines() if x.startswith(sp.RESULT_MARK)]
-    limits = json.loads(line[len(sp.RESULT_MARK):])
+    limits = json.loads(line[len(sp.RESULT_MARK) :])
     default = sandbox.SandboxLimits()
     assert limits == {
-        "AS": [default.max_memory] * 2, "NOFILE": [default.max_open_files] * 2,
-        "NPROC": [default.max_processes] * 2, "FSIZE": [0, 0], "CORE": [0, 0],
-        "MEMLOCK": [0, 0], "CPU": [30, 31],
+        "AS": [default.max_memory] * 2,
+        "NOFILE": [default.max_open_files] * 2,
+        "NPROC": [default.max_processes] * 2,
+        "FSIZE": [0, 0],
+        "CORE": [0, 0],
+        "MEMLOCK": [0, 0],
+        "CPU": [30, 31],
     }
 
 
 #: The system call each killed payload dies on, as the kernel's audit record names it.
 KILLED_BY = {
-    "connect_unix": "connect", "execve_sh": "execve", "fork": "clone",
-    "ptrace_launcher": "ptrace", "mount_tmpfs": "mount", "unshare_user": "unshare",
-    "pwrite_image": "pwrite64", "mmap_exec": "mmap", "mprotect_exec": "mprotect",
-    "bpf": "bpf", "keyctl": "keyctl", "perf_event_open": "perf_event_open",
-    "userfaultfd": "userfaultfd", "io_uring_setup": "io_uring_setup", "setns": "setns",
-    "open_by_handle_at": "open_by_handle_at", "x32_getpid": "x32:getpid",
+    "connect_unix": "connect",
+    "execve_sh": "execve",
+    "fork": "clone",
+    "ptrace_launcher": "ptrace",
+    "mount_tmpfs": "mount",
+    "unshare_user": "unshare",
+    "pwrite_image": "pwrite64",
+    "mmap_exec": "mmap",
+    "mprotect_exec": "mprotect",
+    "bpf": "bpf",
+    "keyctl": "keyctl",
+    "perf_event_open": "perf_event_open",
+    "userfaultfd": "userfaultfd",
+    "io_uring_setup": "io_uring_setup",
+    "setns": "setns",
+    "open_by_handle_at": "open_by_handle_at",
+    "x32_getpid": "x32:getpid",
 }
 
 
@@ -326,8 +368,11 @@ def test_audit_names_the_killing_syscall(outcomes: dict[tuple[str, str], Outcome
     ("kauditd_printk_skb: N callbacks suppressed"), so some records of this burst of
     kills are missing; every record that is there names the right system call."""
     assert set(KILLED_BY) == {n for n, (rc, _) in EXPECTED.items() if rc == SIGSYS}
-    named = {(who, name): out.host.get("killed_by") for (who, name), out in outcomes.items()
-             if name in KILLED_BY}
+    named = {
+        (who, name): out.host.get("killed_by")
+        for (who, name), out in outcomes.items()
+        if name in KILLED_BY
+    }
     assert any(named.values()), named
     for (_, name), syscall in named.items():
         assert syscall in (None, KILLED_BY[name]), (name, syscall)
@@ -352,8 +397,7 @@ def serving(who: str, tmp: Path) -> Iterator[tuple[Driver, Path, dict[str, Any]]
         message = json.loads(driver.control.recv(4096))
         assert message["ok"], driver.stderr()
         pid = driver.inner_pid()
-        before = {"fds": sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")),
-                  "pid": pid}
+        before = {"fds": sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")), "pid": pid}
         uid = _uid(who)
         fuse_fd = sp.root_fuse_mount(str(mountpoint), uid, uid)
         try:
@@ -381,16 +425,25 @@ def test_serves_a_real_mount_while_confined(who: str, tmp_path: Path) -> None:
     with serving(who, tmp_path) as (driver, mountpoint, before):
         client = subprocess.run(
             [*_as(who), sys.executable, "-m", "tests.sandbox_payloads", "client", str(mountpoint)],
-            capture_output=True, cwd=ROOT, timeout=30, check=False,
+            capture_output=True,
+            cwd=ROOT,
+            timeout=30,
+            check=False,
             env={"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")},
         )
         assert client.returncode == 0, client.stderr.decode() + driver.stderr()
         seen = json.loads(client.stdout)
         assert seen == {
-            "listdir": ["hello.txt", "link", "sub"], "sub": ["nested.txt"],
-            "size": len(sp.IMAGE_TEXT), "mode": "0o100644",
-            "content": sp.IMAGE_TEXT.decode(), "nested": "hello", "readlink": "hello.txt",
-            "getxattr": "xattr value", "listxattr": ["user.test"], "statvfs_blocks": 10,
+            "listdir": ["hello.txt", "link", "sub"],
+            "sub": ["nested.txt"],
+            "size": len(sp.IMAGE_TEXT),
+            "mode": "0o100644",
+            "content": sp.IMAGE_TEXT.decode(),
+            "nested": "hello",
+            "readlink": "hello.txt",
+            "getxattr": "xattr value",
+            "listxattr": ["user.test"],
+            "statvfs_blocks": 10,
             "missing": "ENOENT",
         }
         pid = before["pid"]
@@ -470,12 +523,13 @@ def test_syscall_names() -> None:
 
 
 def test_parse_audit_record() -> None:
-    line = (b'6,1234,5678,-;audit: type=1326 audit(1795469390.138:2): auid=4294967295 '
-            b'uid=65534 gid=65534 ses=4294967295 pid=5185 comm="python" exe="/usr/bin/python3" '
-            b'sig=31 arch=c000003e syscall=51 compat=0 ip=0x7fefd9b28887 code=0x80000000')
+    line = (
+        b"6,1234,5678,-;audit: type=1326 audit(1795469390.138:2): auid=4294967295 "
+        b'uid=65534 gid=65534 ses=4294967295 pid=5185 comm="python" exe="/usr/bin/python3" '
+        b"sig=31 arch=c000003e syscall=51 compat=0 ip=0x7fefd9b28887 code=0x80000000"
+    )
     (kill,) = seccomp.parse_audit([line, b"6,1,2,-;unrelated"])
-    assert (kill.pid, kill.signal, kill.syscall, kill.syscall_name) == (
-        5185, 31, 51, "getsockname")
+    assert (kill.pid, kill.signal, kill.syscall, kill.syscall_name) == (5185, 31, 51, "getsockname")
 
 
 def test_filter_compiles_and_kills_by_default() -> None:
@@ -493,5 +547,6 @@ def test_filter_compiles_and_kills_by_default() -> None:
     pfc = text.decode()
     assert pfc.rstrip().endswith(
         "# default action\n  action KILL_PROCESS;\n# invalid architecture action\n"
-        "action KILL_PROCESS;\n#\n# pseudo filter code end\n#")
+        "action KILL_PROCESS;\n#\n# pseudo filter code end\n#"
+    )
     assert 'syscall "execve"' not in pfc

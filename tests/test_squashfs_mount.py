@@ -77,9 +77,7 @@ def test_dash_t_squashfs_mounts_and_a_wrong_type_is_refused(mountpoint: Path) ->
     assert (mountpoint / "docs" / "notes" / "one.txt").read_text() == "first note\n"
 
 
-def test_an_unknown_compressor_is_refused_with_its_number(
-    tmp_path: Path, mountpoint: Path
-) -> None:
+def test_an_unknown_compressor_is_refused_with_its_number(tmp_path: Path, mountpoint: Path) -> None:
     image = sample_copy(tmp_path)
     patch(image, COMPRESSION_OFFSET, struct.pack("<H", 9))
     result = run_pyfsmount(str(image), str(mountpoint))

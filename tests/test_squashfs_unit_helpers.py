@@ -18,6 +18,7 @@ from pathlib import Path
 
 from drivers.base import Attr, BlockReader, Volume
 from drivers.squashfs import SquashfsVolume
+from tests.support.commands import run
 from tests.support.scan import attr_of_stat
 
 __all__ = [
@@ -42,14 +43,6 @@ def can_build() -> bool:
         and shutil.which("mksquashfs") is not None
         and Path("/dev/loop-control").exists()
     )
-
-
-def run(*args: str, stdin: bytes | None = None) -> str:
-    result = subprocess.run(args, capture_output=True, input=stdin, check=False)
-    if result.returncode != 0:
-        stderr = result.stderr.decode(errors="replace")
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}): {stderr}")
-    return result.stdout.decode(errors="replace")
 
 
 def pattern(size: int, seed: int = 0) -> bytes:
