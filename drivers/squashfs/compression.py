@@ -6,9 +6,12 @@ whole defence against decompression bombs: a block that would inflate beyond it 
 :class:`CorruptImage` (as the kernel's fixed-size output buffers make it an error there),
 and no codec is ever asked to allocate more than ``cap`` plus a few bytes:
 
-* gzip (zlib format, as the kernel's zlib_wrapper) and xz, legacy lzma: the stdlib
-  ``decompressobj``/``LZMADecompressor`` with ``max_length = cap + 1``; liblzma's
-  dictionary allocation is bounded by ``memlimit`` (a stream may claim a 1.5 GiB one).
+* gzip (zlib format, as the kernel's zlib_wrapper): ISA-L's inflate (PyPI ``isal``), the
+  zlib API at 1.8-2.4x the stdlib's speed on this machine, ``decompressobj`` with
+  ``max_length = cap + 1``.
+* xz, legacy lzma: the stdlib ``LZMADecompressor`` with ``max_length = cap + 1``;
+  liblzma's dictionary allocation is bounded by ``memlimit`` (a stream may claim a
+  1.5 GiB one).
 * lz4: ``lz4.block.decompress`` with ``uncompressed_size = cap``, a hard output limit.
 * zstd: the frame's declared content size is checked against the cap before
   ``ZstdDecompressor.decompress`` (which allocates that size), and ``max_output_size``
@@ -26,11 +29,12 @@ import ctypes
 import ctypes.util
 import lzma
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import zstandard
+from isal import isal_zlib
 
 from drivers.base import CorruptImage, Unsupported
 from drivers.squashfs.layout import (
@@ -86,11 +90,15 @@ def _truncated(name: str) -> CorruptImage:
     return CorruptImage(f"{name} block ends before its stream does")
 
 
+#: ISA-L's error class (its stub declares an instance, hence the cast).
+INFLATE_ERROR = cast(type[Exception], isal_zlib.error)
+
+
 def _zlib(data: bytes, cap: int) -> bytes:
-    inflater = zlib.decompressobj()
+    inflater = isal_zlib.decompressobj()
     try:
         out = inflater.decompress(data, cap + 1)
-    except zlib.error as exc:
+    except INFLATE_ERROR as exc:
         raise CorruptImage(f"gzip block: {exc}") from exc
     if len(out) > cap:
         raise _too_big("gzip", cap)
