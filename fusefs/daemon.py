@@ -15,7 +15,7 @@ import logging
 import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 from pyfuse3 import (
@@ -99,6 +99,8 @@ def fuse_request(
                 "%s(%s): driver bug, answering EIO", method.__name__, describe_args(args[1:])
             )
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            cast(VolumeOperations, args[0]).request_done()
 
     return wrapper
 
@@ -118,6 +120,8 @@ class VolumeOperations(pyfuse3.Operations):
         self._no_xattrs = not volume.has_xattrs
         #: Set by the serving loop: decodes the next directories of a walk while idle.
         self.prefetcher: DirectoryPrefetcher | None = None
+        #: Set by the serving loop: called after every request (busy polling).
+        self.request_done: Callable[[], None] = lambda: None
 
     # Inode numbers: FUSE's root is 1, a driver's root is whatever its format says.
     # Swapping the two numbers keeps the mapping a bijection with no table.

@@ -25,6 +25,7 @@ import trio
 
 from drivers.base import BlockReader, CorruptImage, Unsupported, Volume
 from drivers.registry import describe_disk, open_disk, open_volume
+from fusefs.busypoll import BusyPoller, worth_polling
 from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
 from fusefs.prefetch import DirectoryPrefetcher
@@ -59,12 +60,16 @@ def open_configured_volume(image_fd: int, config: dict[str, Any]) -> Volume:
     return open_disk(reader, fs_type, options, partition)
 
 
-async def serve_until_stopped(operations: VolumeOperations) -> None:
+async def serve_until_stopped(operations: VolumeOperations, busy_poll_us: int) -> None:
     """Serve FUSE requests until the mount goes away or SIGTERM/SIGINT/SIGHUP arrives."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
         operations.prefetcher = DirectoryPrefetcher(operations.volume)
         nursery.start_soon(operations.prefetcher.run)
+        if busy_poll_us > 0:
+            poller = BusyPoller(busy_poll_us / 1e6)
+            operations.request_done = poller.touch
+            nursery.start_soon(poller.run)
         # One request at a time: no handler awaits, so more reader tasks only add trio
         # scheduling to every request (~10% of a small-file read). Returns when the
         # kernel ends the connection (unmount).
@@ -98,6 +103,7 @@ def report_listing(control: socket.socket, image_fd: int, config: dict[str, Any]
 def run(control: socket.socket, image_fd: int) -> int:
     config, _ = recv_message(control)
     setup_logging(bool(config.get("debug")))
+    busy_poll_us = int(config.get("busy_poll_us", 0)) if worth_polling() else 0
     if config.get("sandbox", True):
         try:
             limits = SandboxLimits(max_memory=int(config.get("max_memory") or 512 * 2**20))
@@ -131,7 +137,7 @@ def run(control: socket.socket, image_fd: int) -> int:
     pyfuse3.init(operations, f"/dev/fd/{fds[0]}", set())
     try:
         send_message(control, {"serving": True})
-        trio.run(serve_until_stopped, operations)
+        trio.run(serve_until_stopped, operations, busy_poll_us)
     finally:
         pyfuse3.close(unmount=False)
     return EXIT_OK

@@ -118,6 +118,7 @@ def driver_config(options: MountOptions) -> dict[str, object]:
         "debug": options.debug,
         "sandbox": options.sandbox,
         "max_memory": options.max_memory,
+        "busy_poll_us": options.busy_poll_us,
     }
 
 

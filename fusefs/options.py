@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from fusefs.busypoll import DEFAULT_WINDOW_US
+
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -67,6 +69,8 @@ class MountOptions:
     flags: int = MS_RDONLY | MS_NOSUID | MS_NODEV
     sandbox: bool = True
     max_memory: int = 512 * 2**20
+    #: Microseconds the driver keeps polling for the next request (fusefs.busypoll).
+    busy_poll_us: int = DEFAULT_WINDOW_US
     debug: bool = False
     driver_options: dict[str, str] = field(default_factory=dict)
 
@@ -82,6 +86,13 @@ def parse_size(text: str, what: str) -> int:
 def parse_id(text: str, what: str) -> int:
     if not text.isdigit() or int(text) >= 2**32 - 1:
         raise OptionError(f"{what}: '{text}' is not a numeric id")
+    return int(text)
+
+
+def parse_count(text: str, what: str, maximum: int) -> int:
+    """A decimal number from 0 to ``maximum``."""
+    if not text.isdigit() or int(text) > maximum:
+        raise OptionError(f"{what}: '{text}' is not a number from 0 to {maximum}")
     return int(text)
 
 
@@ -142,6 +153,8 @@ def _apply(opts: MountOptions, name: str, value: str | None) -> None:
         opts.fsname = _require(name, value)
     elif name in ("offset", "max_memory"):
         setattr(opts, name, parse_size(_require(name, value), name))
+    elif name == "busy_poll":
+        opts.busy_poll_us = parse_count(_require(name, value), name, 1_000_000)
     elif name == "partition":
         number = _require(name, value)
         if not number.isdigit() or not 1 <= int(number) <= 256:

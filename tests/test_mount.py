@@ -9,11 +9,14 @@ import signal
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fusefs.busypoll import DEFAULT_WINDOW_US
+from fusefs.options import OptionError, parse_options
 from tests.launcher import (
     PROJECT,
     PYFSMOUNT,
@@ -89,6 +92,32 @@ def test_signal_to_the_daemon_unmounts(mountpoint: Path, who: str, signum: int) 
     supervisor, driver = daemon_of(mountpoint)
     os.kill(supervisor if who == "supervisor" else driver, signum)
     assert_gone(mountpoint)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("busy_poll", ["busy_poll=200", "busy_poll=0"])
+def test_an_idle_driver_uses_no_cpu(mountpoint: Path, busy_poll: str) -> None:
+    """Busy polling stops a moment after the last request: idle means asleep."""
+    mount_sample(mountpoint, busy_poll)
+    _, driver = daemon_of(mountpoint)
+    for path in mountpoint.rglob("*"):
+        path.lstat()
+    before = cpu_seconds(driver)
+    time.sleep(1.0)
+    assert cpu_seconds(driver) - before < 0.05
+
+
+def test_busy_poll_takes_microseconds() -> None:
+    assert parse_options(["busy_poll=500"]).busy_poll_us == 500
+    assert parse_options([]).busy_poll_us == DEFAULT_WINDOW_US
+    for bad in ("busy_poll=-1", "busy_poll=2000000", "busy_poll=1ms", "busy_poll"):
+        with pytest.raises(OptionError):
+            parse_options([bad])
 
 
 def test_a_killed_driver_leaves_no_dead_mount(mountpoint: Path) -> None:
