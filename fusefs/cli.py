@@ -50,6 +50,8 @@ mount options (-o, comma-separated, mount(8) style):
   nosuid, nodev      on by default for untrusted images; suid, dev turn them off
   noexec, noatime    passed to the kernel
   max_memory=BYTES   address-space budget of the driver process (default 512M)
+  request_timeout=S  CPU seconds one request may take before it is abandoned with EIO
+                     and logged (default 5; 0 = no limit); the mount keeps serving
   busy_poll=USEC     after each request, poll this long for the next one instead of
                      sleeping (default 200; 0 = off): trades CPU for latency
   sandbox=off        run the driver unconfined (debugging only; loudly warned about)

@@ -30,6 +30,7 @@ from pyfuse3 import (
 
 from drivers.base import Attr, CorruptImage, DriverError, NoSuchAttribute, Unsupported, Volume
 from fusefs.prefetch import DirectoryPrefetcher
+from fusefs.watchdog import RequestTimeout, RequestWatchdog
 
 log = logging.getLogger("pyfsmount")
 
@@ -76,22 +77,29 @@ def fuse_request(
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """Run one request: log it under -d, turn every driver error into an errno.
 
-    A :class:`CorruptImage` is an expected outcome of a bad image (one warning line);
-    anything else escaping a driver is a bug and is logged with its traceback.  Either
-    way the request gets EIO and the daemon keeps serving.
+    A :class:`CorruptImage` is an expected outcome of a bad image (one warning line), so
+    is a request the watchdog abandoned for overrunning its CPU budget; anything else
+    escaping a driver is a bug and is logged with its traceback.  Every way, the request
+    gets EIO and the daemon keeps serving.
     """
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s(%s)", method.__name__, describe_args(args[1:]))
+        operations = cast(VolumeOperations, args[0])
+        watchdog = operations.watchdog
         try:
-            return await method(*args, **kwargs)
+            watchdog.begin(method.__name__)
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                watchdog.end()
         except pyfuse3.FUSEError:
             raise
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, NoSuchAttribute) as exc:
             raise pyfuse3.FUSEError(errno_for(exc)) from None
-        except (CorruptImage, Unsupported) as exc:
+        except (CorruptImage, Unsupported, RequestTimeout) as exc:
             log.warning("%s(%s): EIO: %s", method.__name__, describe_args(args[1:]), exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
@@ -100,7 +108,7 @@ def fuse_request(
             )
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            cast(VolumeOperations, args[0]).request_done()
+            operations.request_done()
 
     return wrapper
 
@@ -112,10 +120,17 @@ class VolumeOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, volume: Volume, overrides: AttrOverrides | None = None) -> None:
+    def __init__(
+        self,
+        volume: Volume,
+        overrides: AttrOverrides | None = None,
+        watchdog: RequestWatchdog | None = None,
+    ) -> None:
         super().__init__()
         self.volume = volume
         self.overrides = overrides or AttrOverrides()
+        #: Abandons a request that overruns its CPU budget (disabled unless given one).
+        self.watchdog = watchdog or RequestWatchdog(0)
         self.block_size = max(512, min(volume.statfs().block_size, 1 << 20))
         self._no_xattrs = not volume.has_xattrs
         #: Set by the serving loop: decodes the next directories of a walk while idle.

@@ -30,6 +30,7 @@ from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
 from fusefs.prefetch import DirectoryPrefetcher
 from fusefs.sandbox import SandboxError, SandboxLimits, confine, install_seccomp
+from fusefs.watchdog import DEFAULT_TIMEOUT, RequestTimeout, RequestWatchdog
 
 log = logging.getLogger("pyfsmount")
 
@@ -64,7 +65,7 @@ async def serve_until_stopped(operations: VolumeOperations, busy_poll_us: int) -
     """Serve FUSE requests until the mount goes away or SIGTERM/SIGINT/SIGHUP arrives."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-        operations.prefetcher = DirectoryPrefetcher(operations.volume)
+        operations.prefetcher = DirectoryPrefetcher(operations.volume, operations.watchdog)
         nursery.start_soon(operations.prefetcher.run)
         if busy_poll_us > 0:
             poller = BusyPoller(busy_poll_us / 1e6)
@@ -104,21 +105,30 @@ def run(control: socket.socket, image_fd: int) -> int:
     config, _ = recv_message(control)
     setup_logging(bool(config.get("debug")))
     busy_poll_us = int(config.get("busy_poll_us", 0)) if worth_polling() else 0
+    watchdog = RequestWatchdog(float(config.get("request_timeout", DEFAULT_TIMEOUT)))
     if config.get("sandbox", True):
         try:
             limits = SandboxLimits(max_memory=int(config.get("max_memory") or 512 * 2**20))
             confine({0, 1, 2, image_fd, control.fileno()}, limits)
+            # In the process that serves (confine forks, and a fork has no timers), and
+            # before the seccomp filter: setitimer is not on the allowlist.
+            watchdog.arm()
             install_seccomp()
         except SandboxError as exc:
             send_message(control, {"ok": False, "error": f"cannot confine the driver: {exc}"})
             return EXIT_REFUSED
     else:
         log.warning("sandbox=off: this driver runs unconfined (debugging only)")
+        watchdog.arm()
     if config.get("list"):
         return report_listing(control, image_fd, config)
     try:
-        volume = open_configured_volume(image_fd, config)
-    except (Unsupported, CorruptImage) as exc:
+        watchdog.begin("opening the volume")
+        try:
+            volume = open_configured_volume(image_fd, config)
+        finally:
+            watchdog.end()
+    except (Unsupported, CorruptImage, RequestTimeout) as exc:
         send_message(control, {"ok": False, "error": str(exc)})
         return EXIT_REFUSED
     except Exception as exc:
@@ -133,7 +143,7 @@ def run(control: socket.socket, image_fd: int) -> int:
     overrides = AttrOverrides(
         uid=config.get("uid"), gid=config.get("gid"), umask=config.get("umask")
     )
-    operations = VolumeOperations(volume, overrides)
+    operations = VolumeOperations(volume, overrides, watchdog)
     pyfuse3.init(operations, f"/dev/fd/{fds[0]}", set())
     try:
         send_message(control, {"serving": True})

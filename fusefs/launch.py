@@ -119,6 +119,7 @@ def driver_config(options: MountOptions) -> dict[str, object]:
         "sandbox": options.sandbox,
         "max_memory": options.max_memory,
         "busy_poll_us": options.busy_poll_us,
+        "request_timeout": options.request_timeout,
     }
 
 

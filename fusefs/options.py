@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from fusefs.busypoll import DEFAULT_WINDOW_US
+from fusefs.watchdog import DEFAULT_TIMEOUT
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -71,6 +72,8 @@ class MountOptions:
     max_memory: int = 512 * 2**20
     #: Microseconds the driver keeps polling for the next request (fusefs.busypoll).
     busy_poll_us: int = DEFAULT_WINDOW_US
+    #: CPU seconds one request may take before it is abandoned with EIO (0: no limit).
+    request_timeout: float = DEFAULT_TIMEOUT
     debug: bool = False
     driver_options: dict[str, str] = field(default_factory=dict)
 
@@ -94,6 +97,13 @@ def parse_count(text: str, what: str, maximum: int) -> int:
     if not text.isdigit() or int(text) > maximum:
         raise OptionError(f"{what}: '{text}' is not a number from 0 to {maximum}")
     return int(text)
+
+
+def parse_seconds(text: str, what: str) -> float:
+    """A duration in seconds, decimals allowed (``2``, ``0.5``); 0 means no limit."""
+    if not re.fullmatch(r"\d+(\.\d+)?", text) or float(text) > 86400:
+        raise OptionError(f"{what}: '{text}' is not a number of seconds (e.g. 5, 0.5)")
+    return float(text)
 
 
 def parse_octal(text: str, what: str) -> int:
@@ -153,6 +163,8 @@ def _apply(opts: MountOptions, name: str, value: str | None) -> None:
         opts.fsname = _require(name, value)
     elif name in ("offset", "max_memory"):
         setattr(opts, name, parse_size(_require(name, value), name))
+    elif name == "request_timeout":
+        opts.request_timeout = parse_seconds(_require(name, value), name)
     elif name == "busy_poll":
         opts.busy_poll_us = parse_count(_require(name, value), name, 1_000_000)
     elif name == "partition":

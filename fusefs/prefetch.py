@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from itertools import islice
 
 import trio
 
 from drivers.base import DriverError, Volume
+from fusefs.watchdog import RequestTimeout, RequestWatchdog
 
 log = logging.getLogger("pyfsmount")
 
@@ -33,8 +35,9 @@ MAX_CANDIDATES = 4096
 class DirectoryPrefetcher:
     """Decodes the entries of directories likely to be listed next."""
 
-    def __init__(self, volume: Volume) -> None:
+    def __init__(self, volume: Volume, watchdog: RequestWatchdog | None = None) -> None:
         self.volume = volume
+        self.watchdog = watchdog or RequestWatchdog(0)
         self.candidates: deque[int] = deque(maxlen=MAX_CANDIDATES)
         self.ahead: dict[int, int] = {}  # prefetched directory -> entries decoded
         self.wakeup = trio.Event()
@@ -66,21 +69,32 @@ class DirectoryPrefetcher:
                     await self.decode(dir_ino)
 
     async def decode(self, dir_ino: int) -> None:
-        """Decode every entry's attributes; errors are left for the real request."""
+        """Decode every entry's attributes; errors are left for the real request.
+
+        Each step runs under the request watchdog, as a request would: a directory that
+        costs too much is given up, and its real listing meets the same budget.
+        """
         count = 0
         self.ahead[dir_ino] = 0
+        watchdog = self.watchdog
         try:
-            for entry in self.volume.readdir(dir_ino, 0):
-                self.volume.getattr(entry.ino)
-                count += 1
-                if count % STEP == 0:
-                    self.ahead[dir_ino] = count
-                    await trio.sleep(0)
-                    if dir_ino not in self.ahead:  # listed meanwhile: nothing left to win
-                        return
-                    if count >= MAX_AHEAD:
-                        break
-        except (DriverError, OSError):
+            entries = iter(self.volume.readdir(dir_ino, 0))
+            while True:
+                watchdog.begin("read-ahead")
+                try:
+                    step = list(islice(entries, STEP))
+                    for entry in step:
+                        self.volume.getattr(entry.ino)
+                finally:
+                    watchdog.end()
+                count += len(step)
+                if len(step) < STEP or count >= MAX_AHEAD:
+                    break
+                self.ahead[dir_ino] = count
+                await trio.sleep(0)
+                if dir_ino not in self.ahead:  # listed meanwhile: nothing left to win
+                    return
+        except (DriverError, OSError, RequestTimeout):
             pass
         except Exception:  # a driver bug: the real request will log it with its traceback
             log.debug("read-ahead of directory %d failed", dir_ino, exc_info=True)

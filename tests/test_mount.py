@@ -17,6 +17,7 @@ import pytest
 
 from fusefs.busypoll import DEFAULT_WINDOW_US
 from fusefs.options import OptionError, parse_options
+from fusefs.watchdog import DEFAULT_TIMEOUT
 from tests.launcher import (
     PROJECT,
     PYFSMOUNT,
@@ -116,6 +117,15 @@ def test_busy_poll_takes_microseconds() -> None:
     assert parse_options(["busy_poll=500"]).busy_poll_us == 500
     assert parse_options([]).busy_poll_us == DEFAULT_WINDOW_US
     for bad in ("busy_poll=-1", "busy_poll=2000000", "busy_poll=1ms", "busy_poll"):
+        with pytest.raises(OptionError):
+            parse_options([bad])
+
+
+def test_request_timeout_takes_seconds() -> None:
+    assert parse_options(["request_timeout=0.5"]).request_timeout == 0.5
+    assert parse_options(["request_timeout=0"]).request_timeout == 0
+    assert parse_options([]).request_timeout == DEFAULT_TIMEOUT
+    for bad in ("request_timeout=-1", "request_timeout=5s", "request_timeout=1e9"):
         with pytest.raises(OptionError):
             parse_options([bad])
 
