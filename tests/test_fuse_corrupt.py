@@ -25,6 +25,7 @@ from tests.launcher import (
     run_pyfsmount,
     wait_for,
 )
+from tests.support.kernel import kernel_mount
 from tests.test_ext4_unit_helpers import inode_offset, open_ext4, patch, path_ino
 
 __all__ = ["mountpoint"]
@@ -76,8 +77,12 @@ def test_a_corrupt_inode_fails_alone_and_is_still_listed(tmp_path: Path, mountpo
 def test_a_zero_rec_len_fails_that_directory_quickly_and_nothing_else(
     tmp_path: Path, mountpoint: Path
 ) -> None:
+    """The sample has metadata_csum: the damaged block fails its checksum, as in the kernel."""
     image = sample_copy(tmp_path)
     zero_first_rec_len(image, "docs/notes")
+    with kernel_mount(image, "ext4", "ro,noload") as kernel_root:
+        kernel_errno = errno_of(lambda: os.listdir(kernel_root / "docs" / "notes"))
+    assert kernel_errno == errno.EBADMSG  # ext4's EFSBADCRC; pyfsmount answers EIO
     mount_image(image, mountpoint)
     start = time.monotonic()
     assert errno_of(lambda: os.listdir(mountpoint / "docs" / "notes")) == errno.EIO

@@ -16,6 +16,7 @@ fall back to a linear scan when it does not, as the kernel does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ from drivers.ext4.inode import EXT4_INDEX_FL, Inode
 from drivers.ext4.superblock import COMPAT_DIR_INDEX, INCOMPAT_LARGEDIR, Superblock
 from drivers.layout import Layout
 
+log = logging.getLogger("pyfsmount.ext4")
+
 __all__ = [
     "DIRENT",
     "DIRENT_TAIL",
@@ -38,6 +41,8 @@ __all__ = [
     "DX_TAIL",
     "Directory",
     "parse_entries",
+    "scan_entries",
+    "search_block",
 ]
 
 DIRENT = Layout(
@@ -114,7 +119,27 @@ def parse_entries(
     """The live entries of the record chain ``buf[start:end]``, each checked.
 
     Positions are ``pos_base + offset`` (offset from ``start``), so that a listing can
-    resume at the position just after any entry.
+    resume at the position just after any entry.  A bad record is CorruptImage.
+    """
+    entries, damage = scan_entries(buf, start, end, pos_base, block_size, inodes_count, where)
+    if damage:
+        raise CorruptImage(damage)
+    return entries
+
+
+def scan_entries(
+    buf: bytes,
+    start: int,
+    end: int,
+    pos_base: int,
+    block_size: int,
+    inodes_count: int,
+    where: str,
+) -> tuple[list[Entry], str]:
+    """The live entries up to the first bad record, and what is wrong with it ("" if none).
+
+    As __ext4_check_dir_entry: the kernel's readdir lists the entries before a bad record
+    and skips the rest of its block; a lookup that reaches it fails.
     """
     out: list[Entry] = []
     size = end - start
@@ -122,7 +147,7 @@ def parse_entries(
     unpack = _DIRENT.unpack_from
     while off < size:
         if size - off < 12:
-            raise CorruptImage(f"{where}: directory entry overrun at offset {off}")
+            return out, f"{where}: directory entry overrun at offset {off}"
         ino, dlen, name_len, _ = unpack(buf, start + off)
         rlen = rec_len_from_disk(dlen, block_size)
         error = None
@@ -139,14 +164,14 @@ def parse_entries(
         elif ino > inodes_count:
             error = f"inode out of bounds ({ino})"
         if error is not None:
-            raise CorruptImage(f"{where}: bad entry at offset {off}: {error}")
+            return out, f"{where}: bad entry at offset {off}: {error}"
         if ino:
             name = buf[start + off + 8 : start + off + 8 + name_len]
             if off + rlen == size and name == b".":
-                raise CorruptImage(f"{where}: directory entry overrun ('.' fills the block)")
+                return out, f"{where}: directory entry overrun ('.' fills the block)"
             out.append((pos_base + off, name, ino))
         off += rlen
-    return out
+    return out, ""
 
 
 def _dirent_tail(block: bytes, block_size: int) -> int | None:
@@ -189,11 +214,15 @@ def dx_checksum_ok(block: bytes, block_size: int, seed: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class DirBlock:
-    """A parsed directory block: its live entries, or for an htree node its index."""
+    """A parsed directory block: its live entries, or for an htree node its index.
+
+    ``damage`` says why the entries stop short of the block's end ("" when they do not).
+    """
 
     entries: tuple[Entry, ...]
     dx: tuple[tuple[int, int], ...] = ()  # (hash, logical block); entry 0's hash is 0
     dx_info: tuple[int, int, int] = (0, 0, 0)  # root only: hash_version, levels, flags
+    damage: str = ""
 
 
 class _BadDx(Exception):
@@ -267,10 +296,12 @@ class Directory:
                     raise CorruptImage(f"{where}: htree block checksum invalid")
             else:
                 raise CorruptImage(f"{where}: no space for directory leaf checksum")
-        entries = parse_entries(
+        entries, damage = scan_entries(
             data, 0, end, lblk << self.sb.block_bits, bs, self.sb.inodes_count, where
         )
-        result = DirBlock(tuple(entries))
+        if damage:
+            log.warning("%s; the rest of the block is skipped, as the kernel's readdir", damage)
+        result = DirBlock(tuple(entries), damage=damage)
         self.cache.put(key, result, bs)
         return result
 
@@ -314,9 +345,9 @@ class Directory:
             except _BadDx:
                 pass
         for _, blk in self.blocks():
-            for _, ename, ino in blk.entries:
-                if ename == name:
-                    return ino
+            found = search_block(blk, name)
+            if found is not None:
+                return found
         return None
 
     def _first_records(self, pblk: int) -> list[Entry]:
@@ -419,9 +450,9 @@ class Directory:
             pblk = self._physical(leaf)
             if pblk == HOLE:
                 raise CorruptImage(f"{self.where}: directory hole found for htree leaf {leaf}")
-            for _, ename, ino in self.block(leaf, pblk).entries:
-                if ename == name:
-                    return ino
+            found = search_block(self.block(leaf, pblk), name)
+            if found is not None:
+                return found
             if not self._next_leaf(path, target):
                 return None
         return None
@@ -445,6 +476,17 @@ class Directory:
             parent_pairs, parent_i = path[deeper - 1]
             path[deeper] = (self._dx_node(parent_pairs[parent_i][1], root=False).dx, 0)
         return True
+
+
+def search_block(block: DirBlock, name: bytes) -> int | None:
+    """``name``'s inode in ``block``; a search that reaches the block's damage fails
+    (ext4_search_dir), where a listing would have skipped it."""
+    for _, ename, ino in block.entries:
+        if ename == name:
+            return ino
+    if block.damage:
+        raise CorruptImage(block.damage)
+    return None
 
 
 def _last_le(pairs: tuple[tuple[int, int], ...], target: int) -> int:

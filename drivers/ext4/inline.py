@@ -10,13 +10,16 @@ filling the xattr value.  Whether an inode is inline is decided when it is loade
 
 from __future__ import annotations
 
+import logging
 import struct
 
 from drivers.base import CorruptImage
-from drivers.ext4.directory import Entry, parse_entries
+from drivers.ext4.directory import DirBlock, Entry, scan_entries
 from drivers.ext4.inode import I_BLOCK_SIZE, Inode
 from drivers.ext4.superblock import Superblock
 from drivers.ext4.xattr import INDEX_SYSTEM, Xattr
+
+log = logging.getLogger("pyfsmount.ext4")
 
 __all__ = [
     "INLINE_DOTDOT_SIZE",
@@ -51,27 +54,35 @@ def inline_parent(inode: Inode) -> int:
     return int(struct.unpack_from("<I", inode.i_block)[0])
 
 
-def inline_dir_entries(sb: Superblock, inode: Inode, offset: int = 0) -> list[Entry]:
-    """Live entries of an inline directory at positions >= ``offset``.
+def inline_dir_block(sb: Superblock, inode: Inode) -> DirBlock:
+    """The live entries of an inline directory, as one block.
 
     Positions: i_block records at their byte offset (4..59), xattr records at 60 + their
-    offset in the value, so a listing resumes exactly where it stopped.
+    offset in the value, so a listing resumes exactly where it stopped.  Entries stop at
+    the first bad record, as in ext4_inlinedir_to_tree (which lists what came before it);
+    a lookup that reaches it fails (ext4_find_inline_entry).
     """
     where = f"inline directory inode {inode.ino}"
+    entries, damage = scan_entries(
+        inode.i_block,
+        INLINE_DOTDOT_SIZE,
+        I_BLOCK_SIZE,
+        INLINE_DOTDOT_SIZE,
+        sb.block_size,
+        sb.inodes_count,
+        where,
+    )
     extra = inode.inline_tail
-    out: list[Entry] = []
-    if offset < I_BLOCK_SIZE:
-        out += parse_entries(
-            inode.i_block,
-            INLINE_DOTDOT_SIZE,
-            I_BLOCK_SIZE,
-            INLINE_DOTDOT_SIZE,
-            sb.block_size,
-            sb.inodes_count,
-            where,
-        )
-    if extra:
-        out += parse_entries(
+    if extra and not damage:
+        more, damage = scan_entries(
             extra, 0, len(extra), I_BLOCK_SIZE, sb.block_size, sb.inodes_count, where
         )
-    return [e for e in out if e[0] >= offset]
+        entries += more
+    if damage:
+        log.warning("%s; the entries after it are not listed, as in the kernel", damage)
+    return DirBlock(tuple(entries), damage=damage)
+
+
+def inline_dir_entries(sb: Superblock, inode: Inode, offset: int = 0) -> list[Entry]:
+    """Live entries of an inline directory at positions >= ``offset``."""
+    return [e for e in inline_dir_block(sb, inode).entries if e[0] >= offset]

@@ -31,10 +31,16 @@ from drivers.ext4.block_validity import BlockValidity
 from drivers.ext4.blockmap import BlockMap, check_i_block
 from drivers.ext4.checksum import ext4_chksum
 from drivers.ext4.device import BlockDevice
-from drivers.ext4.directory import EXT4_NAME_LEN, DirBlock, Directory
+from drivers.ext4.directory import EXT4_NAME_LEN, DirBlock, Directory, search_block
 from drivers.ext4.extents import ExtentNode, ExtentTree, root_node
 from drivers.ext4.group import GroupTable
-from drivers.ext4.inline import find_system_data, inline_data, inline_dir_entries, inline_parent
+from drivers.ext4.inline import (
+    find_system_data,
+    inline_data,
+    inline_dir_block,
+    inline_dir_entries,
+    inline_parent,
+)
 from drivers.ext4.inode import (
     EXT4_EA_INODE_FL,
     EXT4_EXTENTS_FL,
@@ -332,10 +338,7 @@ class Ext4Volume(Volume):
                 if not found or found > self.sb.inodes_count:
                     raise CorruptImage(f"inline directory inode {dir_ino}: bad parent {found}")
             else:
-                for _, ename, ino in inline_dir_entries(self.sb, inode):
-                    if ename == name:
-                        found = ino
-                        break
+                found = search_block(inline_dir_block(self.sb, inode), name)
         else:
             found = self._directory(inode).lookup(name)
         if found is None:

@@ -128,6 +128,10 @@ def parse_entries(
             value_inum == EXT4_ROOT_INO or not sb.first_ino <= value_inum <= sb.inodes_count
         ):
             raise CorruptImage(f"{where}: invalid ea_ino {value_inum}")
+        if value_inum and not value_size:
+            # as check_xattrs (Linux 6.18 has it): only a crafted image has one (cleared entries
+            # clear both), and code that trusts e_value_inum would misread it
+            raise CorruptImage(f"{where}: invalid size in ea xattr (0 for EA inode {value_inum})")
         if value_size > EXT4_XATTR_SIZE_MAX:
             raise CorruptImage(f"{where}: e_value size too large")
         value: bytes | None = None
