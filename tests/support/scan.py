@@ -25,6 +25,7 @@ import errno
 import hashlib
 import os
 import pickle
+import resource
 import stat
 import subprocess
 import sys
@@ -292,13 +293,23 @@ sys.stdout.buffer.write(pickle.dumps(result))
 
 
 def scan_path_isolated(
-    root: str | os.PathLike[str], *, timeout: float = 120.0, contents: bool = True
+    root: str | os.PathLike[str],
+    *,
+    timeout: float = 120.0,
+    contents: bool = True,
+    max_memory: int = 4 << 30,
 ) -> Scan:
     """:func:`scan_path` in a child process killed after ``timeout`` seconds.
 
     For mounts served by code under test (FUSE): a daemon that stops answering makes
-    the scan raise TimeoutError instead of hanging the test run.
+    the scan raise TimeoutError instead of hanging the test run, and a tree that never
+    ends (a directory loop) makes it fail on its address-space limit (RuntimeError)
+    instead of exhausting the machine.
     """
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+
     project = Path(__file__).resolve().parents[2]
     try:
         result = subprocess.run(
@@ -308,6 +319,7 @@ def scan_path_isolated(
             cwd=project,
             env={**os.environ, "PYTHONPATH": os.fspath(project)},
             check=False,
+            preexec_fn=limit_memory,
         )
     except subprocess.TimeoutExpired as exc:
         raise TimeoutError(f"scanning {root} took more than {timeout} s") from exc
@@ -518,11 +530,14 @@ def _ignored(ignore: Iterable[str], kind: str, name: str) -> bool:
 
 
 def _link_groups(scan: Mapping[bytes, Entry]) -> dict[bytes, frozenset[bytes]]:
+    """Each non-directory path -> the paths sharing its inode (one set object per inode:
+    a corrupt image may give thousands of names one inode)."""
     by_ino: dict[int, set[bytes]] = {}
     for path, entry in scan.items():
         if entry.kind not in ("dir", "?"):
             by_ino.setdefault(entry.ino, set()).add(path)
-    return {path: frozenset(group) for group in by_ino.values() for path in group}
+    groups = [frozenset(group) for group in by_ino.values()]
+    return {path: group for group in groups for path in group}
 
 
 def _content_hint(expected: Entry, actual: Entry) -> str:
@@ -602,12 +617,17 @@ def diff_scans(
         )
     common = sorted(expected.keys() & actual.keys())
     want_groups, got_groups = _link_groups(expected), _link_groups(actual)
+    compared_groups: set[tuple[int, int]] = set()
     for path in common:
         want, got = expected[path], actual[path]
         lines.extend(diff_entries(path, want, got, ignore))
         if check_ino and want.ino != got.ino and not _ignored(ignore, want.kind, "ino"):
             lines.append(f"{show_path(path)}: ino expected {want.ino}, got {got.ino}")
         if "links" not in ignore and path in want_groups and path in got_groups:
+            pair = (id(want_groups[path]), id(got_groups[path]))
+            if pair in compared_groups:
+                continue  # the same two groups, already compared through another path
+            compared_groups.add(pair)
             a = want_groups[path] & actual.keys()
             b = got_groups[path] & expected.keys()
             if a != b:
