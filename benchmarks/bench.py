@@ -10,12 +10,14 @@ loop mount, the C FUSE drivers: fuse2fs, squashfuse, squashfuse_ll; pyfsmount) a
 run, the image is mounted afresh and the page cache dropped, so every figure is cold.
 Reported: mount-to-first-stat, a ``find -printf`` stat walk, a sequential read of the
 big file, reading every small file, random 4 KiB reads of the big file, and the daemon's
-peak RSS. Medians over the runs, then pyfsmount's ratio to each other mounter.
+peak RSS. Mounters take turns run by run (this VM's speed drifts over minutes); medians
+over the runs, their ranges, then pyfsmount's ratio to each other mounter.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import shutil
@@ -36,6 +38,7 @@ PYTHON = sys.executable
 
 @dataclass(frozen=True)
 class Scale:
+    name: str  # names the images and tree built for it in WORK
     files: int
     dirs: int
     max_file: int
@@ -44,10 +47,24 @@ class Scale:
     random_reads: int
 
 
-FULL = Scale(files=20_000, dirs=200, max_file=16 * 1024, big_file=512 << 20, runs=3,
-             random_reads=4000)
-QUICK = Scale(files=2_000, dirs=40, max_file=16 * 1024, big_file=64 << 20, runs=1,
-              random_reads=1000)
+FULL = Scale(
+    name="full",
+    files=20_000,
+    dirs=200,
+    max_file=16 * 1024,
+    big_file=512 << 20,
+    runs=3,
+    random_reads=4000,
+)
+QUICK = Scale(
+    name="quick",
+    files=2_000,
+    dirs=40,
+    max_file=16 * 1024,
+    big_file=64 << 20,
+    runs=1,
+    random_reads=1000,
+)
 
 
 def text_corpus(rng: random.Random, size: int) -> bytes:
@@ -68,26 +85,22 @@ def build_tree(root: Path, scale: Scale) -> None:
     for i in range(scale.files):
         size = rng.randint(0, scale.max_file)
         start = rng.randrange(0, len(corpus) - size)
-        (root / f"d{i % scale.dirs:03d}" / f"f{i:05d}").write_bytes(corpus[start:start + size])
+        (root / f"d{i % scale.dirs:03d}" / f"f{i:05d}").write_bytes(corpus[start : start + size])
     with (root / "big").open("wb") as big:
         for _ in range(scale.big_file >> 20):
             start = rng.randrange(0, len(corpus) - (1 << 20))
-            big.write(corpus[start:start + (1 << 20)])
+            big.write(corpus[start : start + (1 << 20)])
 
 
 def source_tree(scale: Scale) -> Path:
     """The generated tree every image of this scale is packed from (kept in WORK)."""
-    tree = WORK / f"tree-{scale_name(scale)}"
+    tree = WORK / f"tree-{scale.name}"
     complete = tree.with_suffix(".complete")
     if not complete.exists():
         shutil.rmtree(tree, ignore_errors=True)
         build_tree(tree, scale)
         complete.touch()
     return tree
-
-
-def scale_name(scale: Scale) -> str:
-    return "quick" if scale is QUICK else "full"
 
 
 def make_ext4(src: Path, image: Path, scale: Scale) -> None:
@@ -99,22 +112,31 @@ def make_ext4(src: Path, image: Path, scale: Scale) -> None:
 
 def make_squashfs(*options: str) -> Callable[[Path, Path, Scale], None]:
     def make(src: Path, image: Path, scale: Scale) -> None:
-        subprocess.run(["mksquashfs", str(src), str(image), "-noappend", "-quiet",
-                        "-no-progress", *options], check=True)
+        subprocess.run(
+            ["mksquashfs", str(src), str(image), "-noappend", "-quiet", "-no-progress", *options],
+            check=True,
+        )
+
     return make
 
 
 def make_fat32(src: Path, image: Path, scale: Scale) -> None:
     size_kib = ((scale.big_file >> 20) + scale.files * scale.max_file // 2 // (1 << 20) + 300) << 10
-    subprocess.run(["mkfs.fat", "-F", "32", "-C", str(image), str(size_kib)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["mkfs.fat", "-F", "32", "-C", str(image), str(size_kib)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     entries = sorted(str(p) for p in src.iterdir())
-    subprocess.run(["mcopy", "-s", "-m", "-i", str(image), *entries, "::/"], check=True,
-                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    subprocess.run(
+        ["mcopy", "-s", "-m", "-i", str(image), *entries, "::/"],
+        check=True,
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    )
 
 
 def image_of(fmt: Format, scale: Scale) -> Path:
-    image = WORK / f"{fmt.name}-{scale_name(scale)}.img"
+    image = WORK / f"{fmt.name}-{scale.name}.img"
     if not image.exists():
         WORK.mkdir(exist_ok=True)
         partial = image.with_suffix(".partial")
@@ -155,14 +177,17 @@ class Format:
 
 
 FORMATS = [
-    Format("ext4", make_ext4,
-           lambda: [Kernel(), Fuse2fs(), Pyfsmount(), Pyfsmount("sandbox=off")]),
-    Format("squashfs-gzip", make_squashfs("-comp", "gzip"),
-           lambda: [Kernel(), Squashfuse("squashfuse"), Squashfuse("squashfuse_ll"),
-                    Pyfsmount()]),
-    Format("squashfs-zstd", make_squashfs("-comp", "zstd"),
-           lambda: [Kernel(), Squashfuse("squashfuse"), Squashfuse("squashfuse_ll"),
-                    Pyfsmount()]),
+    Format("ext4", make_ext4, lambda: [Kernel(), Fuse2fs(), Pyfsmount(), Pyfsmount("sandbox=off")]),
+    Format(
+        "squashfs-gzip",
+        make_squashfs("-comp", "gzip"),
+        lambda: [Kernel(), Squashfuse("squashfuse"), Squashfuse("squashfuse_ll"), Pyfsmount()],
+    ),
+    Format(
+        "squashfs-zstd",
+        make_squashfs("-comp", "zstd"),
+        lambda: [Kernel(), Squashfuse("squashfuse"), Squashfuse("squashfuse_ll"), Pyfsmount()],
+    ),
     # No kernel vfat on this machine: fusefat, and mtools (no mount: see mtools_row).
     Format("fat32", make_fat32, lambda: [Fusefat(), Pyfsmount()]),
 ]
@@ -172,11 +197,23 @@ def mtools_row(image: Path, scale: Scale) -> dict[str, float]:
     """mtools reads the image without mounting: ``mdir -/`` walks it, ``mcopy`` reads."""
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     drop_caches()
-    walk = timed(lambda: subprocess.run(["mdir", "-/", "-a", "-i", str(image), "::"],
-                                        check=True, stdout=subprocess.DEVNULL, env=env))
+    walk = timed(
+        lambda: subprocess.run(
+            ["mdir", "-/", "-a", "-i", str(image), "::"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+    )
     drop_caches()
-    read = timed(lambda: subprocess.run(["mcopy", "-n", "-i", str(image), "::/big", "-"],
-                                        check=True, stdout=subprocess.DEVNULL, env=env))
+    read = timed(
+        lambda: subprocess.run(
+            ["mcopy", "-n", "-i", str(image), "::/big", "-"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+    )
     return {"stat walk s": walk, "seq read MB/s": scale.big_file / 1e6 / read}
 
 
@@ -184,8 +221,12 @@ class Fuse2fs(Mounter):
     name = "fuse2fs"
 
     def mount(self, image: Path, target: Path) -> None:
-        subprocess.run(["fuse2fs", "-o", "ro", str(image), str(target)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["fuse2fs", "-o", "ro", str(image), str(target)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def daemon_pids(self, target: Path) -> list[int]:
         return pids_with(b"fuse2fs", os.fsencode(target))
@@ -196,8 +237,12 @@ class Squashfuse(Mounter):
         self.name = program
 
     def mount(self, image: Path, target: Path) -> None:
-        subprocess.run([self.name, str(image), str(target)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [self.name, str(image), str(target)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def daemon_pids(self, target: Path) -> list[int]:
         return pids_with(os.fsencode(self.name), os.fsencode(target))
@@ -207,8 +252,12 @@ class Fusefat(Mounter):
     name = "fusefat"
 
     def mount(self, image: Path, target: Path) -> None:
-        subprocess.run(["fusefat", "-o", "ro", str(image), str(target)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["fusefat", "-o", "ro", str(image), str(target)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def daemon_pids(self, target: Path) -> list[int]:
         return pids_with(b"fusefat", os.fsencode(target))
@@ -221,8 +270,12 @@ class Pyfsmount(Mounter):
 
     def mount(self, image: Path, target: Path) -> None:
         args = ["-o", ",".join(self.options)] if self.options else []
-        subprocess.run([PYTHON, "-m", "fusefs", *args, str(image), str(target)], check=True,
-                       cwd=PROJECT, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [PYTHON, "-m", "fusefs", *args, str(image), str(target)],
+            check=True,
+            cwd=PROJECT,
+            stderr=subprocess.DEVNULL,
+        )
 
     def daemon_pids(self, target: Path) -> list[int]:
         supervisors = pids_with(b"fusefs", os.fsencode(target))
@@ -268,8 +321,9 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def stat_walk(root: Path) -> None:
-    subprocess.run(["find", str(root), "-printf", "%s %m %u\n"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["find", str(root), "-printf", "%s %m %u\n"], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def read_file(path: Path, chunk: int = 1 << 20) -> int:
@@ -309,8 +363,10 @@ def measure(mounter: Mounter, image: Path, scale: Scale) -> dict[str, float]:
         ("stat walk s", lambda: timed(lambda: stat_walk(target))),
         ("seq read MB/s", lambda: scale.big_file / 1e6 / timed(lambda: read_file(big))),
         ("small files s", lambda: timed(lambda: read_small_files(target))),
-        ("random 4K ops/s",
-         lambda: scale.random_reads / timed(lambda: random_reads(big, scale.random_reads))),
+        (
+            "random 4K ops/s",
+            lambda: scale.random_reads / timed(lambda: random_reads(big, scale.random_reads)),
+        ),
     ]
     try:
         drop_caches()
@@ -349,8 +405,14 @@ LOWER_IS_BETTER = {"mount+stat ms", "stat walk s", "small files s", "peak RSS Mi
 
 def report(table: dict[str, dict[str, float]], scale: Scale, fmt: Format) -> str:
     metrics = list(next(iter(table.values())).keys() | {"peak RSS MiB"})
-    order = ["mount+stat ms", "stat walk s", "seq read MB/s", "small files s",
-             "random 4K ops/s", "peak RSS MiB"]
+    order = [
+        "mount+stat ms",
+        "stat walk s",
+        "seq read MB/s",
+        "small files s",
+        "random 4K ops/s",
+        "peak RSS MiB",
+    ]
     metrics = [m for m in order if m in metrics]
     lines = [f"| mounter | {' | '.join(metrics)} |", "|---" * (len(metrics) + 1) + "|"]
     for name, row in table.items():
@@ -370,20 +432,27 @@ def report(table: dict[str, dict[str, float]], scale: Scale, fmt: Format) -> str
                 if m in row and m in table[other] and table[other][m]:
                     ratios.append(f"{m} {row[m] / table[other][m]:.2f}x")
             lines.append(f"- {name} vs {other}: " + ", ".join(ratios))
-    header = (f"{fmt.name}: {scale.files} files of 0-{scale.max_file // 1024} KiB in "
-              f"{scale.dirs} dirs + one {scale.big_file >> 20} MiB file; "
-              f"medians of {scale.runs} cold run(s)")
+    header = (
+        f"{fmt.name}: {scale.files} files of 0-{scale.max_file // 1024} KiB in "
+        f"{scale.dirs} dirs + one {scale.big_file >> 20} MiB file; "
+        f"medians of {scale.runs} cold run(s)"
+    )
     return header + "\n\n" + "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small image, one run")
     parser.add_argument("--runs", type=int, help="runs per mounter (median is reported)")
     parser.add_argument("--only", action="append", help="mounter names to run (repeatable)")
-    parser.add_argument("--format", action="append", choices=[f.name for f in FORMATS],
-                        help="formats to run (repeatable; default: all)")
+    parser.add_argument(
+        "--format",
+        action="append",
+        choices=[f.name for f in FORMATS],
+        help="formats to run (repeatable; default: all)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.py needs root (loop mounts, drop_caches)")
@@ -393,19 +462,43 @@ def main() -> None:
     formats = [f for f in FORMATS if not args.format or f.name in args.format]
     for fmt in formats:
         image = image_of(fmt, scale)
-        mounters = [m for m in fmt.mounters() if not args.only or m.name in args.only]
-        table: dict[str, dict[str, float]] = {}
-        for mounter in mounters:
-            runs = [measure(mounter, image, scale) for _ in range(scale.runs)]
-            table[mounter.name] = {k: statistics.median(r[k] for r in runs if k in r)
-                                   for k in runs[0]}
-            print(f"{fmt.name} {mounter.name}: {table[mounter.name]}", file=sys.stderr)
+        rows: dict[str, Callable[[], dict[str, float]]] = {
+            m.name: functools.partial(measure, m, image, scale)
+            for m in fmt.mounters()
+            if not args.only or m.name in args.only
+        }
         if fmt.name == "fat32" and (not args.only or "mtools" in args.only):
-            runs = [mtools_row(image, scale) for _ in range(scale.runs)]
-            table["mtools"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            print(f"{fmt.name} mtools: {table['mtools']}", file=sys.stderr)
+            rows["mtools"] = functools.partial(mtools_row, image, scale)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
+        # Round-robin: this VM's speed drifts by 2x over minutes, so each mounter's
+        # n-th run is taken next to the others' n-th run, not minutes apart.
+        for _ in range(scale.runs):
+            for name, row in rows.items():
+                runs[name].append(row())
+        table = {name: summarize(results) for name, results in runs.items()}
+        for name, results in runs.items():
+            print(f"{fmt.name} {name}: {results}", file=sys.stderr)
         if table:
             print(report(table, scale, fmt) + "\n", flush=True)
+            print(spread(runs) + "\n", flush=True)
+
+
+def summarize(results: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each measurement over the runs."""
+    return {k: statistics.median(r[k] for r in results if k in r) for k in results[0]}
+
+
+def spread(runs: dict[str, list[dict[str, float]]]) -> str:
+    """Each mounter's range (min-max) per measurement: how far to trust the medians."""
+    lines = ["Ranges over the runs (min-max):", ""]
+    for name, results in runs.items():
+        cells = []
+        for k in results[0]:
+            values = [r[k] for r in results if k in r]
+            cells.append(f"{k} {min(values):.3g}-{max(values):.3g}")
+        lines.append(f"- {name}: " + ", ".join(cells))
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()
