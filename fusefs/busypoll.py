@@ -21,8 +21,9 @@ import time
 
 import trio
 
-#: Default window: covers the pause between a caller's consecutive requests.
-DEFAULT_WINDOW_US = 200
+from fusefs.options import DEFAULT_WINDOW_US
+
+__all__ = ["DEFAULT_WINDOW_US", "BusyPoller", "worth_polling"]
 
 
 def worth_polling() -> bool:

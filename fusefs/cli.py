@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import logging.handlers
 import os
@@ -91,21 +90,36 @@ def build_parser() -> Parser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-V", "--version", action="version", version=f"pyfsmount {version()}")
+    parser.add_argument("-V", "--version", action=VersionAction, help="print the version and exit")
     parser.add_argument("image", metavar="IMAGE", help="disk image file or block device")
     parser.add_argument("mountpoint", metavar="DIR", nargs="?", help="directory to mount on")
-    parser.add_argument("-l", "--list", action="store_true",
-                        help="list the partitions of IMAGE and the file system in each "
-                        "(parsed by a confined driver), then exit; no DIR")
-    parser.add_argument("-t", "--type", dest="fs_type", metavar="TYPE",
-                        help="file system type: ext2, ext3, ext4, squashfs, vfat (default: "
-                        "detect); fuse.pyfsmount and fuse.TYPE are accepted")
-    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                        help="comma-separated mount options (see below); may repeat")
-    parser.add_argument("-f", "--foreground", action="store_true",
-                        help="stay in the foreground until unmounted")
-    parser.add_argument("-d", "--debug", action="store_true",
-                        help="log every request (implies -f)")
+    parser.add_argument(
+        "-l",
+        "--list",
+        action="store_true",
+        help="list the partitions of IMAGE and the file system in each "
+        "(parsed by a confined driver), then exit; no DIR",
+    )
+    parser.add_argument(
+        "-t",
+        "--type",
+        dest="fs_type",
+        metavar="TYPE",
+        help="file system type: ext2, ext3, ext4, squashfs, vfat (default: "
+        "detect); fuse.pyfsmount and fuse.TYPE are accepted",
+    )
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTS",
+        help="comma-separated mount options (see below); may repeat",
+    )
+    parser.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
+    parser.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
     # Flags mount(8) passes to helpers: sloppy, no-mtab, verbose.
     parser.add_argument("-s", dest="sloppy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-n", dest="no_mtab", action="store_true", help=argparse.SUPPRESS)
@@ -113,7 +127,22 @@ def build_parser() -> Parser:
     return parser
 
 
+class VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for (see :func:`version`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=str(kwargs.get("help"))
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"pyfsmount {version()}")
+        parser.exit()
+
+
 def version() -> str:
+    import importlib.metadata  # only for --version: it costs a mount 25 ms of imports
+
     try:
         return importlib.metadata.version("pyfsmount")
     except importlib.metadata.PackageNotFoundError:

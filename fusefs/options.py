@@ -14,8 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from fusefs.busypoll import DEFAULT_WINDOW_US
 from fusefs.watchdog import DEFAULT_TIMEOUT
+
+#: Default busy-polling window (fusefs.busypoll): covers the pause between a caller's
+#: consecutive requests.  Declared here so that the launcher, which parses options,
+#: does not import the driver's event loop.
+DEFAULT_WINDOW_US = 200
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
