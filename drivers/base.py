@@ -18,7 +18,9 @@ Errors a driver may raise, and nothing else:
 
 from __future__ import annotations
 
+import errno
 import functools
+import mmap
 import os
 import stat
 import struct
@@ -29,6 +31,10 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, ParamSpec, TypeVar
 
 import construct
+
+#: Alignment of O_DIRECT reads (offset, length and buffer): the largest logical block
+#: size of common disks, so right for 512-byte and 4 KiB-sector devices alike.
+DIRECT_ALIGN = 4096
 
 
 class DriverError(Exception):
@@ -145,11 +151,17 @@ class BlockReader:
     is ``size`` bytes long.  Every read outside it, or one the file answers short, is a
     :class:`CorruptImage`: on-disk pointers are never trusted.  The reader does no
     caching of its own; drivers keep bounded caches of what they parsed.
+
+    ``direct_fd``, when given, is the same image opened with ``O_DIRECT``: bulk file
+    data read once on its way to the mount's page cache (:meth:`read_direct`) goes
+    through it, straight from the disk, instead of being cached a second time.
     """
 
-    __slots__ = ("base", "fd", "size")
+    __slots__ = ("base", "direct_fd", "fd", "size")
 
-    def __init__(self, fd: int, base: int = 0, size: int | None = None) -> None:
+    def __init__(
+        self, fd: int, base: int = 0, size: int | None = None, direct_fd: int | None = None
+    ) -> None:
         info = os.fstat(fd)
         # A block device reports st_size 0: its size is where its end is.
         file_size = info.st_size if stat.S_ISREG(info.st_mode) else os.lseek(fd, 0, os.SEEK_END)
@@ -158,6 +170,11 @@ class BlockReader:
         self.fd = fd
         self.base = base
         self.size = file_size - base if size is None else min(size, file_size - base)
+        self.direct_fd = direct_fd
+
+    def window(self, offset: int, size: int) -> BlockReader:
+        """A reader on ``size`` bytes of this region from ``offset`` (a partition)."""
+        return BlockReader(self.fd, self.base + offset, size, self.direct_fd)
 
     def read(self, offset: int, length: int) -> bytes:
         """Return exactly ``length`` bytes at ``offset`` of the region."""
@@ -169,6 +186,37 @@ class BlockReader:
         if len(data) != length:
             raise CorruptImage(f"short read at {offset}: image changed size?")
         return data
+
+    def read_direct(self, offset: int, length: int, scratch: mmap.mmap) -> bytes:
+        """Like :meth:`read`, but through ``direct_fd``, bypassing the page cache.
+
+        ``scratch`` is a page-aligned buffer of at least ``length + 2 * DIRECT_ALIGN``
+        bytes: O_DIRECT reads whole aligned blocks, and the bytes asked for are copied
+        out of them.  Without a direct descriptor, or where the file system refuses
+        O_DIRECT reads, this is a plain :meth:`read` (and stays one).
+        """
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise CorruptImage(
+                f"read of {length} bytes at {offset} is outside the image ({self.size} bytes)"
+            )
+        position = self.base + offset
+        first = position - position % DIRECT_ALIGN
+        last = -(-(position + length) // DIRECT_ALIGN) * DIRECT_ALIGN
+        direct_fd = self.direct_fd
+        if direct_fd is None or last - first > len(scratch):
+            return self.read(offset, length)
+        with memoryview(scratch) as whole, whole[: last - first] as blocks:
+            try:
+                got = os.preadv(direct_fd, [blocks], first)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct_fd = None  # no O_DIRECT here after all: cached reads from now
+                return self.read(offset, length)
+            skip = position - first
+            if got < skip + length:
+                raise CorruptImage(f"short read at {offset}: image changed size?")
+            return bytes(blocks[skip : skip + length])
 
     def read_upto(self, offset: int, length: int) -> bytes:
         """Like :meth:`read`, but clipped at the end of the region (for probing)."""

@@ -297,6 +297,9 @@ def driver_rules(pid: int) -> list[Rule]:
         # I/O on the fds we hold: image (pread64), FUSE channel (read/writev), control
         # socket (sendto/recvmsg), trio's wakeup socketpair (recvfrom/sendto), stderr
         "read", "pread64", "writev", "close", "lseek",
+        # file data read ahead around the page cache (BlockReader.read_direct: the
+        # image's second, O_DIRECT descriptor)
+        "preadv2",  # os.preadv: CPython calls preadv2 where the kernel has it
         "recvmsg", "recvfrom", "sendmsg", "sendto", "getsockname", "getpeername",
         # trio's event loop
         "epoll_create1", "epoll_ctl", "epoll_wait",

@@ -87,11 +87,12 @@ def build(tmp: Path, fmt: str) -> Path:
     subprocess.run(command, check=True, capture_output=True, env=MTOOLS_ENV)
     mcopy = ["mcopy", "-s", "-m", "-i", str(image), *sorted(map(str, tree.iterdir())), "::/"]
     subprocess.run(mcopy, check=True, capture_output=True, env=MTOOLS_ENV)
-    fragment(image)
+    # Big enough, except on the floppy, to be read ahead across its fragments.
+    fragment(image, 70_000 if fmt == "fat12" else 2_500_000)
     return image
 
 
-def fragment(image: Path) -> None:
+def fragment(image: Path, size: int) -> None:
     """Delete every other file of many/ and copy a file in: its chain fills the holes."""
     listing = subprocess.run(
         ["mdir", "-b", "-i", str(image), "::/many"],
@@ -103,7 +104,7 @@ def fragment(image: Path) -> None:
     victims = [line for line in listing if line.strip()][::2]
     subprocess.run(["mdel", "-i", str(image), *victims], check=True, env=MTOOLS_ENV)
     source = image.parent / "fragmented.bin"
-    source.write_bytes(random.Random(9).randbytes(70_000))
+    source.write_bytes(random.Random(9).randbytes(size))
     os.utime(source, (MTIME, MTIME))
     subprocess.run(
         ["mcopy", "-m", "-i", str(image), str(source), "::/many/fragmented.bin"],

@@ -68,6 +68,7 @@ from drivers.fat.names import ShortNameDecoder
 from drivers.fat.options import ACCEPTED_OPTIONS, FatOptions, parse_options
 from drivers.fat.table import ClusterChain, FatTable
 from drivers.fat.times import fat_to_unix
+from drivers.readahead import ReadAhead
 
 __all__ = ["ROOT_INO", "FatVolume"]
 
@@ -120,6 +121,7 @@ class FatVolume(Volume):
         self._chains: BoundedCache[tuple[int, int], ClusterChain] = BoundedCache(CHAIN_CACHE_RUNS)
         self._parents: BoundedCache[int, int] = BoundedCache(PARENT_CACHE_ENTRIES)
         self._free: int | None = None
+        self._readahead = ReadAhead(reader)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -380,7 +382,18 @@ class FatVolume(Volume):
         return chain
 
     def _read_clusters(self, ino: int, start: int, file_size: int, offset: int, end: int) -> bytes:
-        """Bytes ``offset .. end`` of a file: one pread per run of consecutive clusters."""
+        """Bytes ``offset .. end`` of a file, read ahead when it is read sequentially."""
+
+        def extents(first: int, last: int) -> list[tuple[int, int]]:
+            return self._extents(ino, start, file_size, first, last)
+
+        return self._readahead.read(ino, offset, end, file_size, extents)
+
+    def _extents(
+        self, ino: int, start: int, file_size: int, offset: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Where bytes ``offset .. end`` of a file are in the image: one (position,
+        length) per run of consecutive clusters."""
         g = self.geometry
         bits = g.cluster_bits
         chain = self._file_chain(start, file_size)
@@ -393,13 +406,13 @@ class FatVolume(Volume):
             )
         skip = offset - (first << bits)
         remaining = end - offset
-        parts = []
+        pieces = []
         for cluster, count in chain.extents(first, last - first + 1):
             length = min((count << bits) - skip, remaining)
-            parts.append(self.reader.read(g.cluster_offset(cluster) + skip, length))
+            pieces.append((g.cluster_offset(cluster) + skip, length))
             remaining -= length
             skip = 0
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return pieces
 
     @guarded
     def readlink(self, ino: int) -> bytes:

@@ -67,7 +67,7 @@ class Partition:
 
     def reader(self) -> BlockReader:
         """A BlockReader on exactly this partition, for a file-system driver."""
-        return BlockReader(self.disk.fd, base=self.disk.base + self.offset, size=self.size)
+        return self.disk.window(self.offset, self.size)
 
     def describe(self) -> str:
         """One line for listings and error messages: number, type, name, size, place."""
