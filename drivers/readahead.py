@@ -12,7 +12,8 @@ the current one is answered, with ``O_DIRECT`` when the image allows it
 (:meth:`BlockReader.read_direct`): straight from the disk into one reused buffer, with
 no page cache to fill and no read-ahead to fall behind.  Measured on the 512 MiB FAT32
 benchmark file, cold, interleaved with mtools: 786 MB/s median (713-870) against
-357 MB/s (253-1,098) for cached inline reads, 1.44x mtools run by run.
+357 MB/s (253-1,098) for cached inline reads, 1.44x mtools run by run (benchmarks/
+RESULTS.md has the full runs).
 
 The driver keeps deciding everything on its own thread: it turns each window into the
 image extents that hold it (with its own caches, chains and checks) before the window
@@ -20,7 +21,8 @@ is handed over; the worker only reads those extents.  A window whose extents can
 worked out (a damaged chain) is not read ahead: its request fails as it would anyway.
 Random and first reads stay inline, through the page cache.
 
-Bounded: at most :data:`WINDOWS_AHEAD` windows of at most :data:`MAX_WINDOW` bytes wait
+Reading ahead is done in chunks of :data:`CHUNK` bytes, whatever the requests' size, up
+to :data:`AHEAD` bytes past the reader. Bounded: at most :data:`MAX_PENDING` chunks wait
 per volume, one scratch buffer, and at most :data:`MAX_STREAMS` files are followed.
 """
 
@@ -32,19 +34,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from drivers.base import DIRECT_ALIGN, BlockReader, DriverError
 
-__all__ = ["MAX_STREAMS", "MAX_WINDOW", "WINDOWS_AHEAD", "Extents", "ReadAhead"]
+__all__ = ["AHEAD", "CHUNK", "MAX_PENDING", "MAX_STREAMS", "Extents", "ReadAhead"]
 
 #: (offset in the image, length) pieces that hold a window of a file, in file order.
 Extents = Sequence[tuple[int, int]]
 
-#: Windows read ahead of a sequential reader (each as big as its last request).
-WINDOWS_AHEAD = 4
-#: Requests bigger than this are not read ahead.
-MAX_WINDOW = 4 << 20
+#: Read-ahead unit: files are read ahead in chunks of this many bytes at offsets that are
+#: multiples of it, whatever the size of the reader's requests (128 KiB requests would
+#: otherwise make O_DIRECT reads too small to keep the disk busy).
+CHUNK = 1 << 20
+#: Bytes read ahead of a sequential reader.
+AHEAD = 4 << 20
+#: Chunks that may wait (done or under way) for readers: those ahead of one reader,
+#: plus the one it is in.
+MAX_PENDING = AHEAD // CHUNK + 2
 #: Files whose next expected offset is remembered.
 MAX_STREAMS = 256
 
-Window = tuple[int, int, int]  # (stream, offset, end)
+Chunk = tuple[int, int]  # (stream, index): bytes index * CHUNK .. of that file
 
 
 class ReadAhead:
@@ -55,10 +62,10 @@ class ReadAhead:
     def __init__(self, reader: BlockReader) -> None:
         self.reader = reader
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[Window, Future[bytes]] = {}
+        self._pending: dict[Chunk, Future[bytes]] = {}
         self._next: dict[int, int] = {}  # stream -> offset a sequential reader asks next
         # The worker's buffer for O_DIRECT reads: one worker, so one buffer. Allocated
-        # (page-aligned) by the first window read ahead.
+        # (page-aligned) when a file is first read ahead.
         self._scratch: mmap.mmap | None = None
 
     def read(
@@ -71,14 +78,38 @@ class ReadAhead:
     ) -> bytes:
         """Bytes ``offset .. end`` of ``stream`` (a file of ``limit`` bytes), whose
         image extents ``extents(offset, end)`` gives."""
-        future = self._pending.pop((stream, offset, end), None)
-        if self._follow(stream, offset, end) and end - offset <= MAX_WINDOW:
-            self._start(stream, end, end - offset, limit, extents)
-        if future is not None:
-            return future.result()
-        pieces = extents(offset, end)
-        parts = [self.reader.read(start, length) for start, length in pieces]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        sequential = self._follow(stream, offset, end)
+        first, last = offset // CHUNK, (end - 1) // CHUNK
+        futures = [self._pending.get((stream, k)) for k in range(first, last + 1)]
+        data = self._from_chunks(first, futures, offset, end) if all(futures) else None
+        if data is None:
+            pieces = extents(offset, end)
+            parts = [self.reader.read(start, length) for start, length in pieces]
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if end % CHUNK == 0 or end == limit:
+            last += 1  # the reader is done with the chunk it ended in too
+        for k in range(first, last):
+            self._pending.pop((stream, k), None)
+        if sequential:
+            self._start(stream, end, limit, extents)
+        return data
+
+    @staticmethod
+    def _from_chunks(
+        first: int, futures: list[Future[bytes] | None], offset: int, end: int
+    ) -> bytes | None:
+        """The bytes of a request, out of the chunks read ahead for it; None if one of
+        them could not be read (the request is then read alone, so that damage past
+        its end is not its failure)."""
+        try:
+            chunks = [future.result() for future in futures if future is not None]
+        except DriverError:
+            return None
+        if len(chunks) == 1 and offset == first * CHUNK and end - offset == len(chunks[0]):
+            return chunks[0]  # a request for exactly one chunk: no copy
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        skip = offset - first * CHUNK
+        return data[skip : skip + end - offset]
 
     def _follow(self, stream: int, offset: int, end: int) -> bool:
         """Remember where ``stream`` goes next; whether this read continues the last."""
@@ -89,46 +120,37 @@ class ReadAhead:
         return expected == offset
 
     def _start(
-        self,
-        stream: int,
-        offset: int,
-        size: int,
-        limit: int,
-        extents: Callable[[int, int], Extents],
+        self, stream: int, offset: int, limit: int, extents: Callable[[int, int], Extents]
     ) -> None:
-        """Have the worker read the windows after ``offset`` not already under way."""
-        for _ in range(WINDOWS_AHEAD):
-            end = min(offset + size, limit)
-            if offset >= end:
-                return
-            window = (stream, offset, end)
-            if window not in self._pending:
-                if len(self._pending) >= WINDOWS_AHEAD:
-                    self._forget_stale(stream)
-                    if len(self._pending) >= WINDOWS_AHEAD:
-                        return
-                try:
-                    pieces = extents(offset, end)
-                except DriverError:
-                    return  # the request for this window will say what is wrong
-                if self._pool is None:
-                    self._scratch = mmap.mmap(-1, MAX_WINDOW + 2 * DIRECT_ALIGN)
-                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="readahead")
-                try:
-                    self._pending[window] = self._pool.submit(self._read_ahead, pieces)
-                except RuntimeError:  # no thread could be started (rlimit): stay inline
+        """Have the worker read the chunks of the AHEAD bytes after ``offset``."""
+        for k in range(offset // CHUNK, -(-min(offset + AHEAD, limit) // CHUNK)):
+            chunk = (stream, k)
+            if chunk in self._pending:
+                continue
+            if len(self._pending) >= MAX_PENDING:
+                self._forget_stale(stream, offset)
+                if len(self._pending) >= MAX_PENDING:
                     return
-            offset = end
+            try:
+                pieces = extents(k * CHUNK, min((k + 1) * CHUNK, limit))
+            except DriverError:
+                return  # the request for this chunk will say what is wrong
+            if self._pool is None:
+                self._scratch = mmap.mmap(-1, CHUNK + 2 * DIRECT_ALIGN)
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="readahead")
+            try:
+                self._pending[chunk] = self._pool.submit(self._read_ahead, pieces)
+            except RuntimeError:  # no thread could be started (rlimit): stay inline
+                return
 
-    def _forget_stale(self, stream: int) -> None:
-        """Drop windows of other files, and of this one behind its reader."""
-        position = self._next.get(stream, 0)
-        for window in list(self._pending):
-            if window[0] != stream or window[1] < position:
-                self._pending.pop(window).cancel()
+    def _forget_stale(self, stream: int, position: int) -> None:
+        """Drop chunks of other files, and of this one behind ``position``."""
+        for chunk in list(self._pending):
+            if chunk[0] != stream or (chunk[1] + 1) * CHUNK <= position:
+                self._pending.pop(chunk).cancel()
 
     def _read_ahead(self, pieces: Extents) -> bytes:
-        """On the worker: the window's bytes, read around the page cache."""
+        """On the worker: a chunk's bytes, read around the page cache."""
         scratch = self._scratch
         assert scratch is not None
         parts = [self.reader.read_direct(start, length, scratch) for start, length in pieces]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from drivers.base import DIRECT_ALIGN, BlockReader, CorruptImage
-from drivers.readahead import MAX_STREAMS, WINDOWS_AHEAD, Extents, ReadAhead
+from drivers.readahead import AHEAD, CHUNK, MAX_PENDING, MAX_STREAMS, Extents, ReadAhead
 
 MiB = 1 << 20
 IMAGE_SIZE = 16 * MiB + 1000  # not a multiple of the O_DIRECT alignment
@@ -98,8 +98,9 @@ def test_a_sequential_reader_gets_the_file_and_its_next_windows_are_read_ahead(
     window = 128 << 10 | 512  # windows that straddle pieces and alignment
     for offset in (0, window):
         readahead.read(1, offset, offset + window, file.size, file.extents)
-    ahead = [(1, k * window, (k + 1) * window) for k in range(2, 2 + WINDOWS_AHEAD)]
-    assert sorted(readahead._pending) == ahead  # the second read started the next ones
+    # The second read started the chunks of the AHEAD bytes after it.
+    ahead = range(2 * window // CHUNK, -(-min(2 * window + AHEAD, file.size) // CHUNK))
+    assert sorted(readahead._pending) == [(1, k) for k in ahead]
     read_sequentially(readahead, data, file, window)
     assert not readahead._pending  # the reader took everything read for it
 
@@ -149,7 +150,7 @@ def test_interleaved_readers_each_get_their_own_file(image: tuple[BlockReader, b
         for ino, file in files.items():
             got = readahead.read(ino, offset, offset + PIECE, file.size, file.extents)
             assert got == file.expected(data, offset, offset + PIECE)
-            assert len(readahead._pending) <= WINDOWS_AHEAD
+            assert len(readahead._pending) <= MAX_PENDING
 
 
 def test_followed_files_and_waiting_windows_are_bounded(image: tuple[BlockReader, bytes]) -> None:
@@ -160,7 +161,7 @@ def test_followed_files_and_waiting_windows_are_bounded(image: tuple[BlockReader
         for offset in (0, PIECE):
             readahead.read(ino, offset, offset + PIECE, file.size, file.extents)
     assert len(readahead._next) <= MAX_STREAMS
-    assert len(readahead._pending) <= WINDOWS_AHEAD
+    assert len(readahead._pending) <= MAX_PENDING
 
 
 def test_direct_reads_are_exact_at_any_offset_and_bounded_by_the_region(
