@@ -83,9 +83,7 @@ class ReadAhead:
         futures = [self._pending.get((stream, k)) for k in range(first, last + 1)]
         data = self._from_chunks(first, futures, offset, end) if all(futures) else None
         if data is None:
-            pieces = extents(offset, end)
-            parts = [self.reader.read(start, length) for start, length in pieces]
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            data = _gather(self.reader.read, extents(offset, end))
         if end % CHUNK == 0 or end == limit:
             last += 1  # the reader is done with the chunk it ended in too
         for k in range(first, last):
@@ -153,5 +151,11 @@ class ReadAhead:
         """On the worker: a chunk's bytes, read around the page cache."""
         scratch = self._scratch
         assert scratch is not None
-        parts = [self.reader.read_direct(start, length, scratch) for start, length in pieces]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        read_direct = self.reader.read_direct
+        return _gather(lambda start, length: read_direct(start, length, scratch), pieces)
+
+
+def _gather(read: Callable[[int, int], bytes], pieces: Extents) -> bytes:
+    """The bytes of ``pieces`` read with ``read``, joined (not copied when one)."""
+    parts = [read(start, length) for start, length in pieces]
+    return parts[0] if len(parts) == 1 else b"".join(parts)
