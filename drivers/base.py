@@ -18,6 +18,7 @@ Errors a driver may raise, and nothing else:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import mmap
@@ -192,8 +193,9 @@ class BlockReader:
 
         ``scratch`` is a page-aligned buffer of at least ``length + 2 * DIRECT_ALIGN``
         bytes: O_DIRECT reads whole aligned blocks, and the bytes asked for are copied
-        out of them.  Without a direct descriptor, or where the file system refuses
-        O_DIRECT reads, this is a plain :meth:`read` (and stays one).
+        out of them.  What the page cache holds already is taken from it instead.
+        Without a direct descriptor, or where the file system refuses O_DIRECT reads,
+        this is a plain :meth:`read` (and stays one).
         """
         if offset < 0 or length < 0 or offset + length > self.size:
             raise CorruptImage(
@@ -206,6 +208,11 @@ class BlockReader:
         if direct_fd is None or last - first > len(scratch):
             return self.read(offset, length)
         with memoryview(scratch) as whole, whole[: last - first] as blocks:
+            # Bytes the page cache holds already (an image just written or read) are
+            # taken from it: RWF_NOWAIT answers only from the cache, never the disk.
+            with contextlib.suppress(OSError):
+                if os.preadv(self.fd, [blocks[:length]], position, os.RWF_NOWAIT) == length:
+                    return bytes(blocks[:length])
             try:
                 got = os.preadv(direct_fd, [blocks], first)
             except OSError as exc:

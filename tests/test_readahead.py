@@ -37,6 +37,10 @@ def image(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Bloc
             direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
         except OSError:
             pytest.skip("no O_DIRECT on the temporary directory's file system")
+        # Out of the page cache, so that reads go to the disk (cached bytes are taken
+        # from the cache instead).
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     try:
         yield BlockReader(fd, direct_fd=direct), data
     finally:
