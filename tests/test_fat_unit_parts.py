@@ -12,9 +12,11 @@ import calendar
 from array import array
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.base import Unsupported
-from drivers.fat.directory import Segment, parse_directory
+from drivers.fat.directory import Segment, count_subdirectories, parse_directory
 from drivers.fat.layout import DIR_ENTRY, LDIR_ENTRY
 from drivers.fat.names import ShortNameDecoder, lfn_checksum, long_name
 from drivers.fat.options import FatOptions, parse_options
@@ -254,3 +256,24 @@ def test_directory_counts_and_positions() -> None:
     assert [listing.start_index(offset) for offset in (0, 95, 96, 159, 160)] == [0, 0, 1, 1, 2]
     assert listing.dotdot is not None and listing.dotdot[10] == 7
     assert listing.label == b"VOLUME     "
+    assert count_subdirectories(data) == 3
+
+
+#: Directory entries as a parser meets them: each first byte and DIR_Attr drawn from the
+#: values that change the outcome (end marker, deleted, dot, long name, label, directory).
+_ENTRY = st.builds(
+    lambda first, attr, rest: bytes([first]) + rest[:10] + bytes([attr]) + rest[10:],
+    st.sampled_from([0x00, 0xE5, 0x2E, 0x20, 0x41, 0x05, 0x4F]),
+    st.sampled_from([0x00, 0x01, 0x08, 0x0F, 0x10, 0x11, 0x18, 0x1F, 0x30, 0xFF]),
+    st.binary(min_size=20, max_size=20),
+)
+
+
+@given(st.lists(_ENTRY, max_size=40), st.binary(max_size=31))
+def test_subdirectories_are_counted_as_a_full_parse_counts_them(
+    entries: list[bytes], tail: bytes
+) -> None:
+    """getattr of a directory counts its subdirectories without parsing its names."""
+    data = b"".join(entries) + tail
+    listing = parse_directory(data, [Segment(0, 0, len(data))], ShortNameDecoder("cp437"), 0)
+    assert count_subdirectories(data) == listing.subdirs

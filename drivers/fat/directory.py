@@ -55,6 +55,7 @@ __all__ = [
     "Segment",
     "chain_segments",
     "check_listed_name",
+    "count_subdirectories",
     "parse_directory",
     "read_directory",
 ]
@@ -198,6 +199,30 @@ def parse_directory(
                 delta = segments[seg].disk - segments[seg].offset
             _short_entry(listing, _UNPACK(data, o), long, decoder, o + delta, o)
     return listing
+
+
+def count_subdirectories(data: bytes) -> int:
+    """``Listing.subdirs`` of the directory in ``data``, without parsing it (fat_subdirs).
+
+    Counts what :func:`parse_directory` counts: live short entries with ATTR_DIRECTORY
+    before the end marker, "." and ".." included, long name and volume label entries not.
+    """
+    size = len(data) - len(data) % DIR_ENTRY_SIZE
+    firsts = data[0:size:DIR_ENTRY_SIZE]
+    end = firsts.find(DIR_FREE_LAST)
+    if end >= 0:
+        size = end * DIR_ENTRY_SIZE
+    attrs = data[11:size:DIR_ENTRY_SIZE]
+    return sum(
+        1
+        for first, attr in zip(firsts, attrs, strict=False)
+        if attr & _DIRECTORY_NOT_LABEL == ATTR_DIRECTORY and first != DIR_DELETED
+    )
+
+
+#: The DIR_Attr bits of a counted subdirectory: the directory bit without the volume bit
+#: (which long name entries carry too).
+_DIRECTORY_NOT_LABEL = ATTR_DIRECTORY | ATTR_VOLUME_ID
 
 
 def _long_name(data: bytes, seq: int, o: int, checksum: int) -> bytes | None:

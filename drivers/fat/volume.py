@@ -44,6 +44,7 @@ from drivers.fat.directory import (
     Segment,
     chain_segments,
     check_listed_name,
+    count_subdirectories,
     parse_directory,
     read_directory,
 )
@@ -93,6 +94,7 @@ ENTRY_CACHE_ENTRIES = 16384
 ATTR_CACHE_ENTRIES = 4096
 CHAIN_CACHE_RUNS = 1 << 16
 PARENT_CACHE_ENTRIES = 16384
+SHAPE_CACHE_ENTRIES = 16384
 FAT_CACHE_REGIONS = 32  # FAT32 regions of 64 KiB: 2 MiB of FAT
 
 
@@ -120,6 +122,7 @@ class FatVolume(Volume):
         self._attrs: dict[int, Attr] = {}
         self._chains: BoundedCache[tuple[int, int], ClusterChain] = BoundedCache(CHAIN_CACHE_RUNS)
         self._parents: BoundedCache[int, int] = BoundedCache(PARENT_CACHE_ENTRIES)
+        self._shapes: BoundedCache[int, tuple[int, int]] = BoundedCache(SHAPE_CACHE_ENTRIES)
         self._free: int | None = None
         self._readahead = ReadAhead(reader)
 
@@ -165,6 +168,12 @@ class FatVolume(Volume):
         listing = self._listings.get(start)
         if listing is not None:
             return listing
+        data, segments = self._directory_bytes(start)
+        listing = parse_directory(data, segments, self.short_names, len(data))
+        return self._listings.put(start, listing, listing.cost)
+
+    def _directory_bytes(self, start: int) -> tuple[bytes, list[Segment]]:
+        """The bytes of the directory whose chain starts at ``start``, and where they lie."""
         g = self.geometry
         limit = min(MAX_DIR_BYTES >> g.cluster_bits, g.clusters) + 1
         chain = self.table.walk(start, limit)
@@ -174,9 +183,23 @@ class FatVolume(Volume):
         if not chain.ended:
             raise CorruptImage(f"{where}: longer than the 65536 entries a directory may hold")
         segments = chain_segments(chain, g)
-        data = read_directory(self.reader, segments)
-        listing = parse_directory(data, segments, self.short_names, len(data))
-        return self._listings.put(start, listing, listing.cost)
+        return read_directory(self.reader, segments), segments
+
+    def _directory_shape(self, start: int) -> tuple[int, int]:
+        """A subdirectory's size and subdirectory count, which its getattr shows.
+
+        A listing shows every subdirectory of the one listed, so these are asked for
+        long before (and often instead of) the subdirectory's own listing: they are
+        counted from its bytes without decoding a name, and kept apart from listings.
+        """
+        listing = self._listings.get(start)
+        if listing is not None:
+            return listing.size, listing.subdirs
+        shape = self._shapes.get(start)
+        if shape is None:
+            data, _ = self._directory_bytes(start)
+            shape = self._shapes.put(start, (len(data), count_subdirectories(data)))
+        return shape
 
     def _dir_start(self, ino: int, rec: RawEntry) -> int:
         """A subdirectory's first cluster, checked as fat_validate_dir checks it."""
@@ -305,8 +328,7 @@ class FatVolume(Volume):
         rec = self._entry(ino)
         nlink, size = 1, rec[11]
         if rec[1] & ATTR_DIRECTORY:
-            listing = self._listing(self._dir_start(ino, rec))
-            nlink, size = listing.subdirs, listing.size
+            size, nlink = self._directory_shape(self._dir_start(ino, rec))
             if nlink < 2:
                 raise CorruptImage(f"inode {ino}: corrupted directory (invalid entries)")
         mask = self.geometry.cluster_size - 1
