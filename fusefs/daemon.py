@@ -13,7 +13,7 @@ import errno
 import functools
 import logging
 import stat
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -29,7 +29,7 @@ from pyfuse3 import (
 )
 
 from drivers.base import Attr, CorruptImage, DriverError, NoSuchAttribute, Unsupported, Volume
-from fusefs.prefetch import DirectoryPrefetcher
+from fusefs.prefetch import DirectoryPrefetcher, ListedEntry
 from fusefs.watchdog import RequestTimeout, RequestWatchdog
 
 log = logging.getLogger("pyfsmount")
@@ -129,6 +129,7 @@ class VolumeOperations(pyfuse3.Operations):
         super().__init__()
         self.volume = volume
         self.overrides = overrides or AttrOverrides()
+        self.overridden = self.overrides != AttrOverrides()
         #: Abandons a request that overruns its CPU budget (disabled unless given one).
         self.watchdog = watchdog or RequestWatchdog(0)
         self.block_size = max(512, min(volume.statfs().block_size, 1 << 20))
@@ -148,18 +149,16 @@ class VolumeOperations(pyfuse3.Operations):
         return self.to_driver(driver_ino)  # the swap is its own inverse
 
     def entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """The reply for ``attr``: a walk makes one per entry, so it is kept to stores."""
         entry = pyfuse3.EntryAttributes()
-        entry.st_ino = InodeT(self.to_fuse(attr.ino))
-        entry.generation = 0
+        ino, root = attr.ino, self.volume.root_ino
+        entry.st_ino = InodeT(pyfuse3.ROOT_INODE if ino == root else root if ino == 1 else ino)
         entry.entry_timeout = CACHE_TIMEOUT
         entry.attr_timeout = CACHE_TIMEOUT
-        mode = attr.mode
-        if self.overrides.umask is not None:
-            mode &= ~self.overrides.umask | stat.S_IFMT(mode)
-        entry.st_mode = mode
+        entry.st_mode = attr.mode
         entry.st_nlink = attr.nlink
-        entry.st_uid = attr.uid if self.overrides.uid is None else self.overrides.uid
-        entry.st_gid = attr.gid if self.overrides.gid is None else self.overrides.gid
+        entry.st_uid = attr.uid
+        entry.st_gid = attr.gid
         entry.st_rdev = attr.rdev
         entry.st_size = attr.size
         entry.st_blksize = self.block_size
@@ -167,7 +166,19 @@ class VolumeOperations(pyfuse3.Operations):
         entry.st_atime_ns = attr.atime_ns
         entry.st_mtime_ns = attr.mtime_ns
         entry.st_ctime_ns = attr.ctime_ns
+        if self.overridden:
+            self.override(entry)
         return entry
+
+    def override(self, entry: pyfuse3.EntryAttributes) -> None:
+        """Apply ``-o uid=,gid=,umask=`` to a reply."""
+        o = self.overrides
+        if o.umask is not None:
+            entry.st_mode &= ~o.umask | stat.S_IFMT(entry.st_mode)
+        if o.uid is not None:
+            entry.st_uid = o.uid
+        if o.gid is not None:
+            entry.st_gid = o.gid
 
     def attr_of(self, fuse_ino: int) -> pyfuse3.EntryAttributes:
         return self.entry(self.volume.getattr(self.to_driver(fuse_ino)))
@@ -205,31 +216,41 @@ class VolumeOperations(pyfuse3.Operations):
 
     @fuse_request
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
-        """Entries from ``start_id``: "." and ".." (offsets 1 and 2), then the driver's.
+        """Entries after FUSE offset ``start_id``, prepared ahead by the prefetcher if it could."""
+        dir_ino, reply, prefetcher = self.to_driver(fh), pyfuse3.readdir_reply, self.prefetcher
+        prepared = None if prefetcher is None else prefetcher.take(dir_ino, start_id)
+        entries = self.listing(dir_ino, start_id) if prepared is None else prepared
+        subdirectories, complete = [], True
+        for entry in entries:
+            if not reply(token, entry.name, entry.attributes, entry.offset):
+                complete = False
+                break
+            if entry.subdirectory:
+                subdirectories.append(entry.subdirectory)
+        if prefetcher is not None:
+            prefetcher.listed(dir_ino, subdirectories, start_id == 0, complete)
 
-        The kernel adds neither dot entry itself and drivers list neither, so they are
-        made here; a driver's offset n travels as n + DOT_ENTRIES.
+    def listing(self, dir_ino: int, start_id: int = 0) -> Iterator[ListedEntry]:
+        """A directory's entries from FUSE offset ``start_id``, as readdirplus replies them.
+
+        "." and ".." come first (offsets 1 and 2): the kernel adds neither dot entry
+        itself and drivers list neither. A driver's offset n travels as n + DOT_ENTRIES.
         """
-        volume, entry, reply = self.volume, self.entry, pyfuse3.readdir_reply  # hot loop
-        dir_ino = self.to_driver(fh)
+        volume, entry = self.volume, self.entry  # hot loop
         if start_id < DOT_ENTRIES:
             dots = ((b".", dir_ino), (b"..", self.parent_of(dir_ino)))
             for offset, (name, ino) in enumerate(dots[start_id:], start_id + 1):
-                if not reply(token, FileNameT(name), entry(volume.getattr(ino)), offset):
-                    return
-        subdirectories = []
+                yield ListedEntry(FileNameT(name), entry(volume.getattr(ino)), offset, 0)
         for dirent in volume.readdir(dir_ino, max(0, start_id - DOT_ENTRIES)):
+            subdirectory = 0
             try:
                 attr = volume.getattr(dirent.ino)
                 attrs = entry(attr)
                 if attr.is_dir:
-                    subdirectories.append(dirent.ino)
+                    subdirectory = dirent.ino
             except CorruptImage as exc:
                 attrs = self.unreadable_entry(dirent.ino, dirent.name, exc)
-            if not reply(token, dirent.name, attrs, dirent.next_offset + DOT_ENTRIES):
-                break
-        if self.prefetcher is not None:
-            self.prefetcher.listed(dir_ino, subdirectories, first=start_id == 0)
+            yield ListedEntry(dirent.name, attrs, dirent.next_offset + DOT_ENTRIES, subdirectory)
 
     def parent_of(self, dir_ino: int) -> int:
         """The directory's parent as its ".." says (the root is its own parent)."""
@@ -241,9 +262,7 @@ class VolumeOperations(pyfuse3.Operations):
             log.warning("readdir: '..' of directory %d: %s", dir_ino, exc)
             return dir_ino
 
-    def unreadable_entry(
-        self, ino: int, name: bytes, exc: CorruptImage
-    ) -> pyfuse3.EntryAttributes:
+    def unreadable_entry(self, ino: int, name: bytes, exc: CorruptImage) -> pyfuse3.EntryAttributes:
         """Attributes for readdirplus; a bad inode must not hide its whole directory.
 
         The kernel lists a name whose inode is corrupt and fails only a stat of it.

@@ -81,7 +81,7 @@ async def serve_until_stopped(operations: VolumeOperations, busy_poll_us: int) -
     """Serve FUSE requests until the mount goes away or SIGTERM/SIGINT/SIGHUP arrives."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
-        operations.prefetcher = DirectoryPrefetcher(operations.volume, operations.watchdog)
+        operations.prefetcher = DirectoryPrefetcher(operations.listing, operations.watchdog)
         nursery.start_soon(operations.prefetcher.run)
         if busy_poll_us > 0:
             poller = BusyPoller(busy_poll_us / 1e6)
