@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import mmap
 import os
 import random
 import shutil
@@ -217,6 +218,29 @@ def mtools_row(image: Path, scale: Scale) -> dict[str, float]:
     return {"stat walk s": walk, "seq read MB/s": scale.big_file / 1e6 / read}
 
 
+def machine_row(image: Path, scale: Scale) -> dict[str, float]:
+    """The machine's own pace in this run, to read the others' figures against.
+
+    Random 4 KiB reads of the image file with O_DIRECT (no mount, no page cache): the
+    disk's ceiling for every mounter's random reads. And a fixed Python loop, which
+    this VM runs 2x slower in some minutes than in others.
+    """
+    drop_caches()
+    count, size = scale.random_reads, image.stat().st_size
+    rng = random.Random(99)
+    fd = os.open(image, os.O_RDONLY | os.O_DIRECT)
+    buffer = mmap.mmap(-1, 4096)
+    try:
+        start = time.perf_counter()
+        for _ in range(count):
+            os.preadv(fd, [buffer], rng.randrange(0, size - 4096) & ~4095)
+        disk = count / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        buffer.close()
+    return {"random 4K ops/s": disk, "cpu loop s": timed(lambda: sum(range(10_000_000)))}
+
+
 class Fuse2fs(Mounter):
     name = "fuse2fs"
 
@@ -404,7 +428,7 @@ LOWER_IS_BETTER = {"mount+stat ms", "stat walk s", "small files s", "peak RSS Mi
 
 
 def report(table: dict[str, dict[str, float]], scale: Scale, fmt: Format) -> str:
-    metrics = list(next(iter(table.values())).keys() | {"peak RSS MiB"})
+    present = {m for row in table.values() for m in row} | {"peak RSS MiB"}
     order = [
         "mount+stat ms",
         "stat walk s",
@@ -412,8 +436,9 @@ def report(table: dict[str, dict[str, float]], scale: Scale, fmt: Format) -> str
         "small files s",
         "random 4K ops/s",
         "peak RSS MiB",
+        "cpu loop s",
     ]
-    metrics = [m for m in order if m in metrics]
+    metrics = [m for m in order if m in present]
     lines = [f"| mounter | {' | '.join(metrics)} |", "|---" * (len(metrics) + 1) + "|"]
     for name, row in table.items():
         cells = [f"{row[m]:.3g}" if m in row else "-" for m in metrics]
@@ -429,6 +454,8 @@ def report(table: dict[str, dict[str, float]], scale: Scale, fmt: Format) -> str
                 continue
             ratios = []
             for m in metrics:
+                if m == "cpu loop s":
+                    continue
                 if m in row and m in table[other] and table[other][m]:
                     ratios.append(f"{m} {row[m] / table[other][m]:.2f}x")
             lines.append(f"- {name} vs {other}: " + ", ".join(ratios))
@@ -467,6 +494,8 @@ def main() -> None:
             for m in fmt.mounters()
             if not args.only or m.name in args.only
         }
+        if not args.only or "machine" in args.only:
+            rows["machine"] = functools.partial(machine_row, image, scale)
         if fmt.name == "fat32" and (not args.only or "mtools" in args.only):
             rows["mtools"] = functools.partial(mtools_row, image, scale)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
