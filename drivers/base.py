@@ -18,7 +18,6 @@ Errors a driver may raise, and nothing else:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import mmap
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Generic, ParamSpec, TypeVar
 
 import construct
+
+from drivers.pagecache import fully_cached
 
 #: Alignment of O_DIRECT reads (offset, length and buffer): the largest logical block
 #: size of common disks, so right for 512-byte and 4 KiB-sector devices alike.
@@ -207,12 +208,9 @@ class BlockReader:
         direct_fd = self.direct_fd
         if direct_fd is None or last - first > len(scratch):
             return self.read(offset, length)
+        if fully_cached(self.fd, position, length):
+            return self.read(offset, length)  # an image just written or read
         with memoryview(scratch) as whole, whole[: last - first] as blocks:
-            # Bytes the page cache holds already (an image just written or read) are
-            # taken from it: RWF_NOWAIT answers only from the cache, never the disk.
-            with contextlib.suppress(OSError):
-                if os.preadv(self.fd, [blocks[:length]], position, os.RWF_NOWAIT) == length:
-                    return bytes(blocks[:length])
             try:
                 got = os.preadv(direct_fd, [blocks], first)
             except OSError as exc:

@@ -19,7 +19,12 @@ The driver keeps deciding everything on its own thread: it turns each window int
 image extents that hold it (with its own caches, chains and checks) before the window
 is handed over; the worker only reads those extents.  A window whose extents cannot be
 worked out (a damaged chain) is not read ahead: its request fails as it would anyway.
-Random and first reads stay inline, through the page cache.
+Other requests are read inline: through the page cache when they follow the last one
+closely, around it (O_DIRECT) when they are random.
+
+Drivers whose file data is stored as it is (FAT, ext4) read files through it; holes are
+extents at :data:`ZEROS`. Squashfs data is compressed: it reads ahead on its own terms
+(``drivers/squashfs/file.py``).
 
 Reading ahead is done in chunks of :data:`CHUNK` bytes, whatever the requests' size, up
 to :data:`AHEAD` bytes past the reader. Bounded: at most :data:`MAX_PENDING` chunks wait
@@ -34,10 +39,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from drivers.base import DIRECT_ALIGN, BlockReader, DriverError
 
-__all__ = ["AHEAD", "CHUNK", "MAX_PENDING", "MAX_STREAMS", "Extents", "ReadAhead"]
+__all__ = [
+    "AHEAD",
+    "CHUNK",
+    "MAX_PENDING",
+    "MAX_STREAMS",
+    "ZEROS",
+    "Extents",
+    "ReadAhead",
+    "read_extents",
+]
 
 #: (offset in the image, length) pieces that hold a window of a file, in file order.
 Extents = Sequence[tuple[int, int]]
+#: The image offset of a piece that is not stored (a hole): it reads as zeros.
+ZEROS = -1
 
 #: Read-ahead unit: files are read ahead in chunks of this many bytes at offsets that are
 #: multiples of it, whatever the size of the reader's requests (128 KiB requests would
@@ -48,6 +64,9 @@ AHEAD = 4 << 20
 #: Chunks that may wait (done or under way) for readers: those ahead of one reader,
 #: plus the one it is in.
 MAX_PENDING = AHEAD // CHUNK + 2
+#: A request read inline that starts this close after the last one is left to the page
+#: cache and the kernel's read-ahead on the image (the next file of a directory).
+NEAR = 1 << 20
 #: Files whose next expected offset is remembered.
 MAX_STREAMS = 256
 
@@ -57,7 +76,15 @@ Chunk = tuple[int, int]  # (stream, index): bytes index * CHUNK .. of that file
 class ReadAhead:
     """Serves windows of files, reading the image ahead of sequential readers."""
 
-    __slots__ = ("_next", "_pending", "_pool", "_scratch", "reader")
+    __slots__ = (
+        "_inline_scratch",
+        "_last_end",
+        "_next",
+        "_pending",
+        "_pool",
+        "_scratch",
+        "reader",
+    )
 
     def __init__(self, reader: BlockReader) -> None:
         self.reader = reader
@@ -67,6 +94,9 @@ class ReadAhead:
         # The worker's buffer for O_DIRECT reads: one worker, so one buffer. Allocated
         # (page-aligned) when a file is first read ahead.
         self._scratch: mmap.mmap | None = None
+        # The serving thread's own buffer, for O_DIRECT reads of random requests.
+        self._inline_scratch: mmap.mmap | None = None
+        self._last_end = 0  # image offset where the last request read inline ended
 
     def read(
         self,
@@ -83,7 +113,7 @@ class ReadAhead:
         futures = [self._pending.get((stream, k)) for k in range(first, last + 1)]
         data = self._from_chunks(first, futures, offset, end) if all(futures) else None
         if data is None:
-            data = _gather(self.reader.read, extents(offset, end))
+            data = read_extents(self._read_inline, extents(offset, end))
         if end % CHUNK == 0 or end == limit:
             last += 1  # the reader is done with the chunk it ended in too
         for k in range(first, last):
@@ -141,6 +171,23 @@ class ReadAhead:
             except RuntimeError:  # no thread could be started (rlimit): stay inline
                 return
 
+    def _read_inline(self, start: int, length: int) -> bytes:
+        """Bytes of the image for a request that was not read ahead.
+
+        Near the end of the last such read (the next small file of a directory, laid out
+        after the one before) the page cache and the kernel's read-ahead on the image
+        serve it best. Anywhere else it is a random read, which costs the disk one read
+        either way; going around the page cache also saves a page allocation, which
+        measured 1.3-1.9x slower on the 512 MiB benchmark file (4,300-6,000 against
+        7,500-8,200 cold 4 KiB reads/s).
+        """
+        last_end, self._last_end = self._last_end, start + length
+        if last_end <= start < last_end + NEAR:
+            return self.reader.read(start, length)
+        if self._inline_scratch is None:
+            self._inline_scratch = mmap.mmap(-1, CHUNK)
+        return self.reader.read_direct(start, length, self._inline_scratch)
+
     def _forget_stale(self, stream: int, position: int) -> None:
         """Drop chunks of other files, and of this one behind ``position``."""
         for chunk in list(self._pending):
@@ -152,10 +199,11 @@ class ReadAhead:
         scratch = self._scratch
         assert scratch is not None
         read_direct = self.reader.read_direct
-        return _gather(lambda start, length: read_direct(start, length, scratch), pieces)
+        return read_extents(lambda start, length: read_direct(start, length, scratch), pieces)
 
 
-def _gather(read: Callable[[int, int], bytes], pieces: Extents) -> bytes:
-    """The bytes of ``pieces`` read with ``read``, joined (not copied when one)."""
-    parts = [read(start, length) for start, length in pieces]
+def read_extents(read: Callable[[int, int], bytes], pieces: Extents) -> bytes:
+    """The bytes of ``pieces`` read with ``read`` (zeros at :data:`ZEROS`), joined (not
+    copied when one)."""
+    parts = [bytes(length) if start == ZEROS else read(start, length) for start, length in pieces]
     return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -300,6 +300,7 @@ def driver_rules(pid: int) -> list[Rule]:
         # file data read ahead around the page cache (BlockReader.read_direct: the
         # image's second, O_DIRECT descriptor)
         "preadv2",  # os.preadv: CPython calls preadv2 where the kernel has it
+        "cachestat",  # whether the page cache holds a range already (drivers/pagecache.py)
         "recvmsg", "recvfrom", "sendmsg", "sendto", "getsockname", "getpeername",
         # trio's event loop
         "epoll_create1", "epoll_ctl", "epoll_wait",

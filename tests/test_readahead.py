@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from drivers.base import DIRECT_ALIGN, BlockReader, CorruptImage
-from drivers.readahead import AHEAD, CHUNK, MAX_PENDING, MAX_STREAMS, Extents, ReadAhead
+from drivers.pagecache import fully_cached
+from drivers.readahead import AHEAD, CHUNK, MAX_PENDING, MAX_STREAMS, ZEROS, Extents, ReadAhead
 
 MiB = 1 << 20
 IMAGE_SIZE = 16 * MiB + 1000  # not a multiple of the O_DIRECT alignment
@@ -73,14 +74,15 @@ class ScatteredFile:
         while offset < end:
             index, skip = divmod(offset, PIECE)
             length = min(PIECE - skip, end - offset)
-            pieces.append((self.starts[index] + skip, length))
+            start = self.starts[index]
+            pieces.append((ZEROS if start == ZEROS else start + skip, length))
             offset += length
         return pieces
 
     def expected(self, data: bytes, offset: int, end: int) -> bytes:
         pieces = self.extents(offset, end)
         self.asked.pop()
-        return b"".join(data[a : a + n] for a, n in pieces)
+        return b"".join(bytes(n) if a == ZEROS else data[a : a + n] for a, n in pieces)
 
 
 def read_sequentially(
@@ -107,6 +109,16 @@ def test_a_sequential_reader_gets_the_file_and_its_next_windows_are_read_ahead(
     assert sorted(readahead._pending) == [(1, k) for k in ahead]
     read_sequentially(readahead, data, file, window)
     assert not readahead._pending  # the reader took everything read for it
+
+
+def test_holes_read_as_zeros_inline_and_ahead(image: tuple[BlockReader, bytes]) -> None:
+    reader, data = image
+    starts = scattered(48)
+    starts[5:20] = [ZEROS] * 15  # a hole of 15 pieces, longer than a chunk
+    starts[30] = ZEROS
+    file = ScatteredFile(starts)
+    read_sequentially(ReadAhead(reader), data, file, 128 << 10)
+    assert file.expected(data, 5 * PIECE, 20 * PIECE) == bytes(15 * PIECE)
 
 
 def test_random_reads_start_no_work_ahead(image: tuple[BlockReader, bytes]) -> None:
@@ -186,3 +198,23 @@ def test_direct_reads_are_exact_at_any_offset_and_bounded_by_the_region(
     assert window.read_direct(10, 100, scratch) == data[PIECE + 10 : PIECE + 110]
     with pytest.raises(CorruptImage, match="outside the image"):
         window.read_direct(PIECE - 10, 11, scratch)
+
+
+def test_the_page_cache_is_asked_without_reading_anything(tmp_path: Path) -> None:
+    """fully_cached tells a file just written from one dropped out of the cache, and the
+    asking itself brings nothing into the cache (a failed RWF_NOWAIT read would)."""
+    path = tmp_path / "image"
+    path.write_bytes(random.Random(5).randbytes(4 * MiB))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fully_cached(fd, 1000, 2 * MiB)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not fully_cached(fd, 1000, 2 * MiB)
+        assert not fully_cached(fd, 1000, 2 * MiB)  # still not: asking read nothing
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # this read brings its page only
+        os.pread(fd, 4096, 0)
+        assert fully_cached(fd, 0, 4096)
+        assert not fully_cached(fd, 0, 4097)
+    finally:
+        os.close(fd)

@@ -71,6 +71,7 @@ from drivers.ext4.xattr import (
     xattr_entry_hash,
     xattr_name,
 )
+from drivers.readahead import ZEROS, ReadAhead, read_extents
 
 __all__ = ["Ext4Volume"]
 
@@ -132,6 +133,7 @@ class Ext4Volume(Volume):
         self.reader = reader
         self.sb = sb
         self.dev = BlockDevice(reader, sb)
+        self._readahead = ReadAhead(reader)
         self.groups = GroupTable(sb, self.dev)
         self.validity = BlockValidity(sb, self.groups)
         self._inodes: BoundedCache[int, Inode] = BoundedCache(INODE_CACHE_BYTES)
@@ -290,25 +292,32 @@ class Ext4Volume(Volume):
         """Bytes ``offset .. offset+size`` of a block-mapped inode (holes as zeros)."""
         if size <= 0:
             return b""
+        return read_extents(self.reader.read, self._extents(inode, offset, offset + size))
+
+    def _extents(self, inode: Inode, offset: int, end: int) -> list[tuple[int, int]]:
+        """Where bytes ``offset .. end`` of a block-mapped inode are in the image: one
+        (position, length) per run of blocks, :data:`ZEROS` for holes and unwritten runs."""
         bits = self.sb.block_bits
-        first = offset >> bits
-        last = (offset + size - 1) >> bits
+        first, last = offset >> bits, (end - 1) >> bits
         mapper = self._mapper(inode)
-        chunks: list[bytes] = []
+        skip, remaining = offset - (first << bits), end - offset
+        pieces = []
         lblk = first
         while lblk <= last:
             pblk, run, unwritten = mapper(lblk)
             run = min(run, last - lblk + 1)
             if run < 1:
                 raise CorruptImage(f"inode {inode.ino}: empty mapping at block {lblk}")
+            length = min((run << bits) - skip, remaining)
             if pblk == HOLE or unwritten:
-                chunks.append(bytes(run << bits))
+                pieces.append((ZEROS, length))
             else:
-                chunks.append(self.dev.read_blocks(pblk, run))
+                self.dev.check(pblk, run, "data block")
+                pieces.append(((pblk << bits) + skip, length))
+            remaining -= length
+            skip = 0
             lblk += run
-        data = b"".join(chunks)
-        skip = offset - (first << bits)
-        return data[skip : skip + size]
+        return pieces
 
     # -- the interface -----------------------------------------------------------------------
 
@@ -384,7 +393,11 @@ class Ext4Volume(Volume):
         if inode.inline:
             data = inline_data(inode)[offset : offset + size]
             return data + bytes(size - len(data))
-        return self._read_data(inode, offset, size)
+
+        def extents(start: int, end: int) -> list[tuple[int, int]]:
+            return self._extents(inode, start, end)
+
+        return self._readahead.read(ino, offset, offset + size, inode.size, extents)
 
     @guarded
     def readlink(self, ino: int) -> bytes:
