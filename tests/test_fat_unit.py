@@ -601,11 +601,11 @@ def test_reads_outside_the_file(fat16: Path) -> None:
 # -- speed ------------------------------------------------------------------------------------
 
 
-def test_walk_and_read_speed(top: Path) -> None:
-    """20k entries in 100 directories: a stat walk, random and sequential reads (library only).
-
-    The thresholds are loose (this runs on shared machines); the NOTES give measured figures.
-    """
+def test_a_big_volume_walks_and_reads_whole(top: Path) -> None:
+    """20k entries in 100 directories and a 32 MiB file: a stat walk sees every entry,
+    random 4 KiB reads and 128 KiB sequential reads (which are read ahead) get the
+    file's bytes. How fast is the benchmark's question (benchmarks/bench.py), not this
+    test's: timings on a shared machine only make a test flaky."""
     src = top / "speed-src"
     for d in range(100):
         folder = src / f"dir{d:03d}"
@@ -617,24 +617,15 @@ def test_walk_and_read_speed(top: Path) -> None:
     image = mkfs(top / "speed.img", 262144, "-F", "32")
     mtools("mcopy", image, "-s", "-m", *sorted(src.iterdir()), "::/")
     volume = open_fat(image)
-    began = time.perf_counter()
-    seen = _stat_walk(volume)
-    walk = time.perf_counter() - began
-    assert seen == 100 * 201 + 1
+    assert _stat_walk(volume) == 100 * 201 + 1
     ino = volume.lookup(volume.root_ino, b"big.bin")
     size = volume.getattr(ino).size
+    expected = big.read_bytes()
     rng = random.Random(4)
-    began = time.perf_counter()
-    for _ in range(5000):
-        assert len(volume.read(ino, rng.randrange(size // 4096) * 4096, 4096)) == 4096
-    random_rate = 5000 / (time.perf_counter() - began)
-    began = time.perf_counter()
-    assert read_all(volume, ino, size, piece=1 << 17) == big.read_bytes()
-    sequential = size / (time.perf_counter() - began)
-    print(f"walk {walk:.3f} s, {random_rate:.0f} random 4 KiB reads/s, {sequential / 1e6:.0f} MB/s")
-    assert walk < 2.0
-    assert random_rate > 5000
-    assert sequential > 100e6
+    for _ in range(2000):
+        offset = rng.randrange(size // 4096) * 4096
+        assert volume.read(ino, offset, 4096) == expected[offset : offset + 4096]
+    assert read_all(volume, ino, size, piece=1 << 17) == expected
 
 
 def _stat_walk(volume: FatVolume) -> int:
