@@ -151,8 +151,7 @@ class VolumeOperations(pyfuse3.Operations):
     def entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """The reply for ``attr``: a walk makes one per entry, so it is kept to stores."""
         entry = pyfuse3.EntryAttributes()
-        ino, root = attr.ino, self.volume.root_ino
-        entry.st_ino = InodeT(pyfuse3.ROOT_INODE if ino == root else root if ino == 1 else ino)
+        entry.st_ino = InodeT(self.to_fuse(attr.ino))
         entry.entry_timeout = CACHE_TIMEOUT
         entry.attr_timeout = CACHE_TIMEOUT
         entry.st_mode = attr.mode
