@@ -164,7 +164,7 @@ class ReadAhead:
             except DriverError:
                 return  # the request for this chunk will say what is wrong
             if self._pool is None:
-                self._scratch = mmap.mmap(-1, CHUNK + 2 * DIRECT_ALIGN)
+                self._scratch = _direct_buffer()
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="readahead")
             try:
                 self._pending[chunk] = self._pool.submit(self._read_ahead, pieces)
@@ -185,7 +185,7 @@ class ReadAhead:
         if last_end <= start < last_end + NEAR:
             return self.reader.read(start, length)
         if self._inline_scratch is None:
-            self._inline_scratch = mmap.mmap(-1, CHUNK)
+            self._inline_scratch = _direct_buffer()
         return self.reader.read_direct(start, length, self._inline_scratch)
 
     def _forget_stale(self, stream: int, position: int) -> None:
@@ -200,6 +200,11 @@ class ReadAhead:
         assert scratch is not None
         read_direct = self.reader.read_direct
         return read_extents(lambda start, length: read_direct(start, length, scratch), pieces)
+
+
+def _direct_buffer() -> mmap.mmap:
+    """A page-aligned buffer for O_DIRECT reads of up to a chunk at any offset."""
+    return mmap.mmap(-1, CHUNK + 2 * DIRECT_ALIGN)
 
 
 def read_extents(read: Callable[[int, int], bytes], pieces: Extents) -> bytes:
