@@ -117,9 +117,13 @@ def report_listing(control: socket.socket, image_fd: int, config: dict[str, Any]
     return EXIT_OK
 
 
-def run(control: socket.socket, image_fd: int) -> int:
+def run(control: socket.socket, image_fd: int, forked_by_template: bool = False) -> int:
     config, _ = recv_message(control)
     setup_logging(bool(config.get("debug")))
+    if forked_by_template and not config.get("sandbox", True):
+        # The template runs as root for whoever started it: it makes confined drivers only.
+        send_message(control, {"ok": False, "error": "sandbox=off is refused by the template"})
+        return EXIT_REFUSED
     busy_poll_us = int(config.get("busy_poll_us", 0)) if worth_polling() else 0
     watchdog = RequestWatchdog(float(config.get("request_timeout", DEFAULT_TIMEOUT)))
     direct_fd = None if config.get("list") else open_direct(image_fd)
@@ -174,9 +178,14 @@ def run(control: socket.socket, image_fd: int) -> int:
 def main() -> None:
     """``python -m fusefs.driver CONTROL_FD IMAGE_FD``."""
     control_fd, image_fd = (int(arg) for arg in sys.argv[1:3])
+    serve_and_exit(control_fd, image_fd)
+
+
+def serve_and_exit(control_fd: int, image_fd: int, forked_by_template: bool = False) -> None:
+    """Be the driver of one mount, then exit the process (never returns)."""
     control = socket.socket(fileno=control_fd)
     try:
-        code = run(control, image_fd)
+        code = run(control, image_fd, forked_by_template)
     except ControlError as exc:
         print(f"pyfsmount driver: {exc}", file=sys.stderr)
         code = EXIT_BUG

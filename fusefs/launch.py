@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import IO
+from typing import IO, Protocol
 
 from fusefs.control import ControlError, control_pair, recv_message, send_message
 from fusefs.mount import (
@@ -39,6 +39,7 @@ from fusefs.mount import (
 )
 from fusefs.options import MountOptions
 from fusefs.sandbox import driver_killed_by
+from fusefs.template import Template, TemplateError
 
 log = logging.getLogger("pyfsmount")
 
@@ -62,17 +63,34 @@ class LaunchError(Exception):
         self.exit_code = exit_code
 
 
+class Process(Protocol):
+    """What the launcher needs of a driver process: ``subprocess.Popen`` for one it
+    started itself, :class:`fusefs.template.TemplateDriver` for one a template forked."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class DriverProcess:
     """A running driver process, its control socket and the tail of its log."""
 
-    process: subprocess.Popen[bytes]
+    process: Process
     control: socket.socket
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     log_thread: threading.Thread | None = None
 
-    def forward_log(self, stream: IO[bytes]) -> None:
-        """Relay the driver's stderr lines into our log (terminal or syslog)."""
+    def forward_log(self, log_fd: int) -> None:
+        """Relay the driver's stderr lines (the read end of its pipe) into our log."""
+        with open(log_fd, "rb") as stream:
+            self._forward_lines(stream)
+
+    def _forward_lines(self, stream: IO[bytes]) -> None:
         for raw in stream:
             line = raw.decode(errors="replace").rstrip()
             self.log_tail.append(line)
@@ -123,27 +141,42 @@ def driver_config(options: MountOptions) -> dict[str, object]:
     }
 
 
-def start_driver(image_fd: int, options: MountOptions, listing: bool = False) -> DriverProcess:
-    """Start a driver process holding only the image and its end of the control socket.
+def start_driver(
+    image_fd: int, options: MountOptions, listing: bool = False, template: Template | None = None
+) -> DriverProcess:
+    """Start a driver process holding only the image and its end of the control socket:
+    forked by ``template`` if one is given, else a fresh ``python -m fusefs.driver``.
 
     With ``listing`` it describes the image's partitions and exits instead of serving.
     """
     ours, theirs = control_pair()
+    log_r, log_w = os.pipe2(os.O_CLOEXEC)
+    process: Process
     with theirs:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fusefs.driver", str(theirs.fileno()), str(image_fd)],
-            pass_fds=(theirs.fileno(), image_fd),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a terminal's ^C goes to the launcher, which unmounts
-            env=driver_environment(),
-        )
+        try:
+            if template is not None:
+                try:
+                    process = template.start(theirs.fileno(), image_fd, log_w)
+                except TemplateError as exc:
+                    raise LaunchError(str(exc)) from None
+            else:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "fusefs.driver", str(theirs.fileno()), str(image_fd)],
+                    pass_fds=(theirs.fileno(), image_fd),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log_w,
+                    start_new_session=True,  # a terminal's ^C goes to the launcher
+                    env=driver_environment(),
+                )
+        except BaseException:
+            os.close(log_r)
+            ours.close()
+            raise
+        finally:
+            os.close(log_w)
     driver = DriverProcess(process, ours)
-    assert process.stderr is not None
-    driver.log_thread = threading.Thread(
-        target=driver.forward_log, args=(process.stderr,), daemon=True
-    )
+    driver.log_thread = threading.Thread(target=driver.forward_log, args=(log_r,), daemon=True)
     driver.log_thread.start()
     send_message(ours, {**driver_config(options), "list": listing})
     return driver
@@ -242,8 +275,12 @@ class Mount:
         return 0 if code == 0 or (self.stop_requested and code < 0) else EXIT_FAILURE
 
 
-def make_mount(image: str, target: str, options: MountOptions) -> Mount:
-    """Open, validate, mount and hand over: return once the mount is being served."""
+def make_mount(
+    image: str, target: str, options: MountOptions, template: Template | None = None
+) -> Mount:
+    """Open, validate, mount and hand over: return once the mount is being served.
+
+    With a ``template``, the driver is forked from it instead of started afresh."""
     target = os.path.realpath(target)  # canonical now: once mounted, resolving it would block
     try:
         check_mountpoint(target)
@@ -251,7 +288,7 @@ def make_mount(image: str, target: str, options: MountOptions) -> Mount:
         raise LaunchError(str(exc), EXIT_USAGE) from None
     image_fd = open_image(image)
     try:
-        driver = start_driver(image_fd, options)
+        driver = start_driver(image_fd, options, template=template)
     finally:
         os.close(image_fd)  # only the driver keeps the image open
     verdict = await_verdict(driver)
