@@ -328,6 +328,12 @@ class Volume(ABC):
     def statfs(self) -> StatFs: ...
 
     @property
+    def block_size(self) -> int:
+        """The unit files are stored in (``st_blksize``). Formats whose statfs() counts
+        (FAT's free clusters) override this: a mount should not wait for a count."""
+        return self.statfs().block_size
+
+    @property
     def label(self) -> str:
         """A human-readable volume name, or an empty string."""
         return ""

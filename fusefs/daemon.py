@@ -132,7 +132,7 @@ class VolumeOperations(pyfuse3.Operations):
         self.overridden = self.overrides != AttrOverrides()
         #: Abandons a request that overruns its CPU budget (disabled unless given one).
         self.watchdog = watchdog or RequestWatchdog(0)
-        self.block_size = max(512, min(volume.statfs().block_size, 1 << 20))
+        self.block_size = max(512, min(volume.block_size, 1 << 20))
         self._no_xattrs = not volume.has_xattrs
         #: Set by the serving loop: decodes the next directories of a walk while idle.
         self.prefetcher: DirectoryPrefetcher | None = None

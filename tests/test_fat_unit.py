@@ -237,6 +237,7 @@ def test_geometry_and_statfs(images: dict[str, Path], top: Path, name: str) -> N
     clusters = (total - data) // raw.BPB_SecPerClus
     assert g.clusters == clusters
     assert (clusters < 4085) == (g.fat_bits == 12)
+    assert volume.block_size == g.cluster_size  # known without counting free clusters
     fs = volume.statfs()
     assert (fs.block_size, fs.blocks, fs.files, fs.files_free) == (g.cluster_size, clusters, 0, 0)
     assert fs.blocks_free == fs.blocks_available

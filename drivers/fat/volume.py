@@ -489,6 +489,10 @@ class FatVolume(Volume):
             return ""
         return f"{volume_id >> 16:04X}-{volume_id & 0xFFFF:04X}"
 
+    @property
+    def block_size(self) -> int:
+        return self.geometry.cluster_size
+
     @guarded
     def statfs(self) -> StatFs:
         """As fat_statfs: clusters, free ones counted in the FAT (or FSInfo's count with
