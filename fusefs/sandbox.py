@@ -61,6 +61,7 @@ __all__ = [
     "confine",
     "driver_killed_by",
     "install_seccomp",
+    "precompile_seccomp",
     "preload",
     "syscall_name",
 ]
@@ -563,12 +564,26 @@ def confine(keep_fds: Collection[int], limits: SandboxLimits) -> None:
     _set_limits(limits, keep)
 
 
+#: Driver filters compiled ahead, by the pid they are for (see precompile_seccomp).
+_compiled_filters: dict[int, bytes] = {}
+
+
+def precompile_seccomp() -> None:
+    """Build the driver's filter now, for the driver that :func:`confine` will make pid 1
+    of its namespace: the driver template does this once, before it forks."""
+    _compiled_filters[1] = seccomp.compile_program(seccomp.driver_rules(1))
+
+
 def install_seccomp() -> None:
     """The allowlist (default: kill the process); see fusefs.seccomp.driver_rules."""
     if _libc().prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1:
         _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
     try:
-        seccomp.install(seccomp.driver_rules(os.getpid()))
+        program = _compiled_filters.get(os.getpid())
+        if program is None:
+            seccomp.install(seccomp.driver_rules(os.getpid()))
+        else:
+            seccomp.load_program(program)
     except seccomp.SeccompError as exc:
         raise SandboxError(f"seccomp: {exc}") from None
     if _test_payload is not None:

@@ -188,9 +188,10 @@ def main() -> None:
     """``python -m fusefs.template LINE_FD``: prepare, then serve the line."""
     line = socket.socket(fileno=int(sys.argv[1]))
     from fusefs import driver  # noqa: F401  (pyfuse3, trio, the daemon)
-    from fusefs.sandbox import preload
+    from fusefs.sandbox import precompile_seccomp, preload
 
     preload()
+    precompile_seccomp()
     gc.collect()
     gc.freeze()  # children share the imported objects' pages instead of copying them
     send_message(line, {"ready": True})

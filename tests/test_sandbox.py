@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import re
@@ -530,6 +531,26 @@ def test_parse_audit_record() -> None:
     )
     (kill,) = seccomp.parse_audit([line, b"6,1,2,-;unrelated"])
     assert (kill.pid, kill.signal, kill.syscall, kill.syscall_name) == (5185, 31, 51, "getsockname")
+
+
+def test_a_precompiled_filter_loads_and_acts_as_built() -> None:
+    allowed = [seccomp.Rule(name, seccomp.ACT_ALLOW) for name in ("exit_group", "getpid")]
+    program = seccomp.compile_program(allowed, default=seccomp.act_errno(errno.EACCES))
+    assert len(program) % 8 == 0
+    pid = os.fork()
+    if pid == 0:  # the child: filtered, it may get its pid but not its working directory
+        code = 3
+        try:
+            sandbox._prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1, what="no_new_privs")
+            seccomp.load_program(program)
+            os.getpid()
+            os.getcwd()
+        except PermissionError:
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_filter_compiles_and_kills_by_default() -> None:
