@@ -183,6 +183,16 @@ class Format:
     mounters: Callable[[], list[Mounter]]
 
 
+def squashfs_mounters() -> list[Mounter]:
+    return [
+        Kernel(),
+        Squashfuse("squashfuse"),
+        Squashfuse("squashfuse_ll"),
+        Pyfsmount(),
+        PyfsmountTemplate(),
+    ]
+
+
 FORMATS = [
     Format(
         "ext4",
@@ -198,24 +208,12 @@ FORMATS = [
     Format(
         "squashfs-gzip",
         make_squashfs("-comp", "gzip"),
-        lambda: [
-            Kernel(),
-            Squashfuse("squashfuse"),
-            Squashfuse("squashfuse_ll"),
-            Pyfsmount(),
-            PyfsmountTemplate(),
-        ],
+        squashfs_mounters,
     ),
     Format(
         "squashfs-zstd",
         make_squashfs("-comp", "zstd"),
-        lambda: [
-            Kernel(),
-            Squashfuse("squashfuse"),
-            Squashfuse("squashfuse_ll"),
-            Pyfsmount(),
-            PyfsmountTemplate(),
-        ],
+        squashfs_mounters,
     ),
     # No kernel vfat on this machine: fusefat, and mtools (no mount: see mtools_row).
     Format("fat32", make_fat32, lambda: [Fusefat(), Pyfsmount(), PyfsmountTemplate()]),

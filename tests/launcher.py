@@ -77,15 +77,21 @@ def wait_for(predicate: object, timeout: float = 10.0, what: str = "condition") 
 
 def driver_pids() -> list[int]:
     """Every pyfsmount driver process on the machine."""
+    return pids_running(b"fusefs.driver", zombies=True)
+
+
+def pids_running(needle: bytes, zombies: bool = False) -> list[int]:
+    """Processes whose command line contains ``needle`` (not yet reaped ones too, if asked)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1][0]
+        except (OSError, IndexError):
             continue
-        if b"fusefs.driver" in cmdline:
+        if needle in cmdline and (zombies or state != "Z"):
             pids.append(int(entry))
     return pids
 

@@ -8,7 +8,6 @@ safe.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,8 @@ import pytest
 from fusefs.launch import LaunchError, Mount, make_mount
 from fusefs.options import parse_options
 from fusefs.template import Template
-from tests.launcher import SAMPLE_IMAGE, mounted_fs_type, mountpoint, wait_for
-from tests.test_confinement import NAMESPACES, status_fields
+from tests.launcher import SAMPLE_IMAGE, mounted_fs_type, mountpoint, pids_running, wait_for
+from tests.test_confinement import assert_confined, status_fields
 
 __all__ = ["mountpoint"]
 
@@ -35,18 +34,7 @@ def template() -> Iterator[Template]:
 
 def template_processes() -> list[int]:
     """Every live process running ``fusefs.template`` (the template and forked drivers)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1][0]
-        except OSError:
-            continue
-        if b"fusefs.template" in cmdline and state != "Z":
-            pids.append(int(entry))
-    return pids
+    return pids_running(b"fusefs.template")
 
 
 def open_fds() -> set[str]:
@@ -91,16 +79,7 @@ def test_a_forked_driver_is_confined_like_any_other(template: Template, mountpoi
     # The forked process waits in the sandbox's outer layer; its child serves.
     forked = mount.driver.process.pid
     (serving,) = [pid for pid in template_processes() if status_fields(pid)["PPid"] == str(forked)]
-    status = status_fields(serving)
-    assert status["Seccomp"] == "2"
-    assert status["NoNewPrivs"] == "1"
-    for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-        assert int(status[caps], 16) == 0, caps
-    assert status["Uid"].split()[0] != "0"
-    for ns in NAMESPACES:
-        assert os.readlink(f"/proc/{serving}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
-    limits = Path(f"/proc/{serving}/limits").read_text()
-    assert re.search(r"Max address space\s+314572800\s+314572800", limits), limits
+    assert_confined(serving, address_space=314572800)
     fds = os.listdir(f"/proc/{serving}/fd")
     held = sorted(t for t in (os.readlink(f"/proc/{serving}/fd/{fd}") for fd in fds) if t[0] == "/")
     assert held == sorted([str(SAMPLE_IMAGE)] * 2 + ["/dev/fuse", "/dev/null", "/dev/null"])
