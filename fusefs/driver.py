@@ -25,6 +25,7 @@ import trio
 
 from drivers.base import BlockReader, CorruptImage, Unsupported, Volume
 from drivers.registry import describe_disk, open_disk, open_volume
+from fusefs import session
 from fusefs.busypoll import BusyPoller, worth_polling
 from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
@@ -88,8 +89,10 @@ async def serve_until_stopped(operations: VolumeOperations, busy_poll_us: int) -
             operations.request_done = poller.touch
             nursery.start_soon(poller.run)
         # One request at a time: no handler awaits, so more reader tasks only add trio
-        # scheduling to every request (~10% of a small-file read). Returns when the
-        # kernel ends the connection (unmount).
+        # scheduling to every request (~10% of a small-file read); and that one reader
+        # takes a queued request without a scheduler pass (fusefs.session). Returns when
+        # the kernel ends the connection (unmount).
+        session.install()
         await pyfuse3.main(min_tasks=1, max_tasks=1)
         nursery.cancel_scope.cancel()
 
