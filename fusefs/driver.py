@@ -92,7 +92,7 @@ async def serve_until_stopped(operations: VolumeOperations, busy_poll_us: int) -
         # scheduling to every request (~10% of a small-file read); and that one reader
         # takes a queued request without a scheduler pass (fusefs.session). Returns when
         # the kernel ends the connection (unmount).
-        session.install()
+        session.install(busy_poll_us / 1e6)
         await pyfuse3.main(min_tasks=1, max_tasks=1)
         nursery.cancel_scope.cancel()
 

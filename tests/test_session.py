@@ -7,6 +7,7 @@ passes through the scheduler is cancelled there, one that does not returns.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import pyfuse3
@@ -54,6 +55,18 @@ async def test_a_stream_of_requests_still_lets_other_tasks_run(channel: tuple[in
     assert passes[session.FAIRNESS - 1]
 
 
+async def test_a_request_that_comes_within_the_spin_is_taken_without_a_pass(
+    channel: tuple[int, int],
+) -> None:
+    read_end, write_end = channel
+    writer = threading.Timer(0.01, os.write, (write_end, b"request"))
+    writer.start()
+    try:
+        assert not await yields_to_scheduler(session.QueuedFirstWait(spin=5.0), read_end)
+    finally:
+        writer.join()
+
+
 async def test_the_read_lock_never_yields() -> None:
     with trio.CancelScope() as scope:
         scope.cancel()
@@ -66,11 +79,12 @@ def test_install_gives_pyfuse3_the_view_and_keeps_the_rest_of_trio(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(pyfuse3, "trio", trio)
-    session.install()
+    session.install(busy_poll_window=1.0)
     view = pyfuse3.trio  # type: ignore[attr-defined]
     assert view is not trio
     assert view.Lock is session.ReaderLock
     assert isinstance(view.lowlevel.wait_readable, session.QueuedFirstWait)
+    assert view.lowlevel.wait_readable.spin == session.MAX_SPIN
     assert view.open_nursery is trio.open_nursery
     assert view.lowlevel.current_task is trio.lowlevel.current_task
     session.install()  # a second install leaves the first view
