@@ -95,8 +95,8 @@ class DriverProcess:
             line = raw.decode(errors="replace").rstrip()
             self.log_tail.append(line)
             level_name, sep, text = line.partition(": ")
-            level = logging.getLevelName(level_name) if sep else logging.INFO
-            if not isinstance(level, int):
+            level = logging.getLevelName(level_name) if sep else None
+            if not isinstance(level, int):  # not a log record: a traceback, a print
                 level, text = logging.WARNING, line
             log.log(level, "%s", text)
 
