@@ -7,8 +7,9 @@ import logging
 import logging.handlers
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from fusefs.broker.client import DEFAULT_SOCKET, BrokerClient, BrokerError
 from fusefs.launch import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -119,6 +120,19 @@ def build_parser() -> Parser:
     parser.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground until unmounted"
     )
+    parser.add_argument(
+        "--broker",
+        "--via-broker",
+        action="store_true",
+        help="ask the pyfsmount broker to mount (no root, no /dev/fuse needed; DIR must be "
+        "yours); it takes -t and -o uid=, gid=, offset=, partition=, allow_other",
+    )
+    parser.add_argument(
+        "--broker-socket",
+        default=DEFAULT_SOCKET,
+        metavar="SOCKET",
+        help=f"the broker's socket (default {DEFAULT_SOCKET})",
+    )
     parser.add_argument("-d", "--debug", action="store_true", help="log every request (implies -f)")
     # Flags mount(8) passes to helpers: sloppy, no-mtab, verbose.
     parser.add_argument("-s", dest="sloppy", action="store_true", help=argparse.SUPPRESS)
@@ -199,6 +213,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.exit(list_image(args.image, options))
     if args.mountpoint is None:
         build_parser().error("the following arguments are required: DIR")
+    if args.broker:
+        sys.exit(mount_via_broker(args.broker_socket, args.image, args.mountpoint, options))
     if not options.sandbox:
         log.warning(
             "WARNING: sandbox=off: the driver parses %s unconfined; a crafted image can "
@@ -216,6 +232,31 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         code = EXIT_FAILURE
     sys.exit(code)
+
+
+def mount_via_broker(socket_path: str, image: str, target: str, options: MountOptions) -> int:
+    """``--broker``: send the open image and the directory to the broker."""
+    parameters = {
+        "type": options.fs_type,
+        "offset": options.offset or None,
+        "partition": options.partition,
+        "uid": options.uid,
+        "gid": options.gid,
+        "allowOther": options.allow_other or None,
+    }
+    try:
+        with open(image, "rb") as opened, BrokerClient(socket_path) as broker:
+            given: dict[str, Any] = {k: v for k, v in parameters.items() if v is not None}
+            mounted = broker.mount(opened.fileno(), directory=target, **given)
+    except BrokerError as exc:
+        print(f"pyfsmount: the broker refused: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        where = exc.filename or socket_path
+        print(f"pyfsmount: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    log.info("mounted %s (%s) at %s as broker mount %d", image, mounted.type, target, mounted.id)
+    return 0
 
 
 def list_image(image: str, options: MountOptions) -> int:

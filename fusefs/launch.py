@@ -288,13 +288,9 @@ def make_mount(
         raise LaunchError(str(exc), EXIT_USAGE) from None
     image_fd = open_image(image)
     try:
-        driver = start_driver(image_fd, options, template=template)
+        driver, _ = open_in_driver(image_fd, options, image, template)
     finally:
         os.close(image_fd)  # only the driver keeps the image open
-    verdict = await_verdict(driver)
-    if not verdict.get("ok"):
-        driver.wait()
-        raise LaunchError(f"{image}: {verdict.get('error', 'refused')}")
     request = MountRequest(
         target=target,
         source=options.fsname or os.path.abspath(image),
@@ -304,14 +300,42 @@ def make_mount(
     try:
         fuse_fd = mount_fuse(request)
     except MountError as exc:
-        send_message(driver.control, {"abort": True})
-        driver.wait()
+        abandon(driver)
         raise LaunchError(str(exc)) from None
-    mount = Mount(target, find_our_mount(target), driver)
+    mount = serve(driver, fuse_fd, target, find_our_mount(target))
+    raise_readahead(mount)
+    return mount
+
+
+def open_in_driver(
+    image_fd: int, options: MountOptions, name: str, template: Template | None = None
+) -> tuple[DriverProcess, dict[str, object]]:
+    """A driver that has opened the volume on ``image_fd`` (the caller still closes its
+    copy), and its verdict (``fs_type``, ``label``); LaunchError with the driver's reason
+    if it refused the image."""
+    driver = start_driver(image_fd, options, template=template)
+    verdict = await_verdict(driver)
+    if not verdict.get("ok"):
+        driver.wait()
+        raise LaunchError(f"{name}: {verdict.get('error', 'refused')}")
+    return driver, verdict
+
+
+def abandon(driver: DriverProcess) -> None:
+    """No mount after all: the driver, waiting for its channel, exits."""
+    with contextlib.suppress(ControlError, OSError):
+        send_message(driver.control, {"abort": True})
+    driver.wait()
+
+
+def serve(driver: DriverProcess, fuse_fd: int, target: str, device: str | None) -> Mount:
+    """Hand the mounted channel ``fuse_fd`` to the driver (closing ours) and return once
+    it serves: the driver alone holds the channel, so if it dies the mount fails fast."""
+    mount = Mount(target, device, driver)
     try:
         send_message(driver.control, {"fuse": True}, [fuse_fd])
     finally:
-        os.close(fuse_fd)  # the driver alone holds the channel: if it dies, the mount fails fast
+        os.close(fuse_fd)
     try:
         reply, _ = recv_message(driver.control)
     except (ControlError, OSError):
@@ -319,7 +343,6 @@ def make_mount(
     if not reply.get("serving"):
         mount.supervise()
         raise LaunchError(f"the driver failed to serve the mount: {driver.last_words()}")
-    raise_readahead(mount)
     return mount
 
 

@@ -40,6 +40,14 @@ class MountRequest:
     source: str
     flags: int
     allow_other: bool = False
+    #: Whose mount it is (FUSE's user_id and group_id): the caller's, by default.
+    owner: tuple[int, int] | None = None
+
+    def fuse_options(self, fuse_fd: int) -> str:
+        """The FUSE file system's own options, as mount(2) and fsconfig take them."""
+        uid, gid = self.owner or (os.getuid(), os.getgid())
+        data = f"fd={fuse_fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions"
+        return data + (",allow_other" if self.allow_other else "")
 
     def fusermount_options(self) -> str:
         names = ["ro", "default_permissions", f"subtype={FS_SUBTYPE}"]
@@ -75,10 +83,7 @@ def check_mountpoint(target: str) -> None:
 def mount_as_root(request: MountRequest) -> int:
     """mount(2) a fresh /dev/fuse channel at the target; return the channel fd."""
     fuse_fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    data = f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
-    data += ",default_permissions"
-    if request.allow_other:
-        data += ",allow_other"
+    data = request.fuse_options(fuse_fd)
     flags = request.flags | MS_RDONLY
     result = _libc.mount(
         request.source.encode(),
@@ -92,6 +97,66 @@ def mount_as_root(request: MountRequest) -> int:
         os.close(fuse_fd)
         raise MountError(f"mount {request.target}: {os.strerror(err)}")
     return fuse_fd
+
+
+# The new mount API (x86_64 numbers) and its constants, from linux/mount.h.
+SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 430, 431, 432
+FSOPEN_CLOEXEC = 1
+FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 1, 6
+FSMOUNT_CLOEXEC = 1
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 1, 2, 4, 8
+_libc.syscall.restype = ctypes.c_long
+
+
+def mount_detached(request: MountRequest) -> tuple[int, int]:
+    """A FUSE mount attached nowhere (fsopen, fsconfig, fsmount): (channel fd, mount fd).
+
+    Whoever holds the mount fd can attach it with move_mount(2), in a mount namespace
+    of its own; the file system lives while the mount fd or an attachment does. Root
+    only. ``request.target`` is not used; read-only, nosuid and nodev always.
+    """
+    fuse_fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    fs_fd = -1
+    try:
+        fs_fd = _syscall_fd(SYS_FSOPEN, b"fuse", FSOPEN_CLOEXEC, what="fsopen fuse")
+        settings: list[tuple[str, str | None]] = [
+            ("source", request.source),
+            ("subtype", FS_SUBTYPE),
+        ]
+        for option in request.fuse_options(fuse_fd).split(","):
+            name, sep, text = option.partition("=")
+            settings.append((name, text if sep else None))
+        for name, setting in settings:
+            _fsconfig(fs_fd, name, setting)
+        _syscall_fd(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0, what="fsconfig")
+        attributes = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+        if request.flags & MS_NOEXEC:
+            attributes |= MOUNT_ATTR_NOEXEC
+        mount_fd = _syscall_fd(SYS_FSMOUNT, fs_fd, FSMOUNT_CLOEXEC, attributes, what="fsmount")
+    except MountError:
+        os.close(fuse_fd)
+        raise
+    finally:
+        if fs_fd >= 0:
+            os.close(fs_fd)
+    return fuse_fd, mount_fd
+
+
+def _fsconfig(fs_fd: int, key: str, value: str | None) -> None:
+    """fsconfig(FSCONFIG_SET_STRING, key, value), or SET_FLAG for a bare ``key``."""
+    set_flag = 0
+    command, data = (set_flag, None) if value is None else (FSCONFIG_SET_STRING, value.encode())
+    _syscall_fd(SYS_FSCONFIG, fs_fd, command, key.encode(), data, 0, what=f"fsconfig {key}")
+
+
+def _syscall_fd(number: int, *args: object, what: str) -> int:
+    """A system call returning an fd or 0; MountError naming ``what`` if it fails."""
+    converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    result = _libc.syscall(ctypes.c_long(number), *converted)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise MountError(f"{what}: {os.strerror(err)}")
+    return int(result)
 
 
 def mount_with_fusermount(request: MountRequest) -> int:
