@@ -416,7 +416,9 @@ def test_a_caller_gone_before_its_reply_leaks_nothing(workspace: Workspace) -> N
     wait_for(lambda: len(pids_running(b"fusefs.template")) == 1, what="only the template")
 
 
-def test_mounts_outlive_a_killed_broker_and_a_new_one_serves(workspace: Workspace) -> None:
+def test_mounts_outlive_a_killed_broker_and_a_new_one_takes_them_over(
+    workspace: Workspace,
+) -> None:
     broker = workspace.start_broker()
     target = workspace.directory("mnt")
     workspace.call("mount", str(broker.socket), str(workspace.image("ext4")), str(target))
@@ -426,12 +428,14 @@ def test_mounts_outlive_a_killed_broker_and_a_new_one_serves(workspace: Workspac
     readme = workspace.as_user("cat", str(target / README))
     assert readme.returncode == 0 and readme.stdout.startswith("This is")
     restarted = workspace.start_broker()
+    (adopted,) = workspace.call("list", str(restarted.socket))["mounts"]
+    assert (adopted["target"], adopted["type"], adopted["driverPid"]) == (str(target), "ext4", None)
     other = workspace.directory("other")
-    answer = workspace.call(
-        "mount", str(restarted.socket), str(workspace.image("squashfs")), str(other)
-    )
+    squashfs = str(workspace.image("squashfs"))
+    answer = workspace.call("mount", str(restarted.socket), squashfs, str(other))
     assert answer["type"] == "squashfs"
-    force_unmount(target)
+    assert workspace.call("unmount", str(restarted.socket), str(adopted["id"])) == {"ok": True}
+    assert mounted_fs_type(target) is None
     force_unmount(other)
 
 

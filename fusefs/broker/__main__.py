@@ -1,4 +1,5 @@
 """python -m fusefs.broker: the same as pyfsmount-broker."""
+
 from fusefs.broker.cli import main
 
 main()

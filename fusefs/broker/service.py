@@ -28,8 +28,10 @@ from fusefs.mount import (
     MountError,
     MountRequest,
     find_our_mount,
+    is_mounted,
     mount_as_root,
     mount_detached,
+    unescape_mountinfo,
     unmount,
 )
 from fusefs.options import MS_NODEV, MS_NOSUID, MS_RDONLY, MountOptions
@@ -78,9 +80,10 @@ class BrokerMount:
     id: int
     owner: int
     fs_type: str
-    image: str  # "dev:ino"
+    image: str  # "major:minor:inode"
     target: str | None  # None: detached
-    mount: Mount
+    #: None for a mount an earlier broker made (adopted from mountinfo: see adopt_mounts).
+    mount: Mount | None
     done: threading.Event = field(default_factory=threading.Event)
 
     def describe(self) -> dict[str, Any]:
@@ -91,8 +94,14 @@ class BrokerMount:
             "image": self.image,
             "target": self.target,
             "detached": self.target is None,
-            "driverPid": self.mount.driver.process.pid,
+            "driverPid": None if self.mount is None else self.mount.driver.process.pid,
         }
+
+
+#: The mount source the broker gives its mounts: ``pyfsmount-broker:TYPE:DEV:INO``.
+SOURCE_PREFIX = "pyfsmount-broker:"
+#: How often mounts adopted from an earlier broker are checked for being gone.
+ADOPTED_CHECK_INTERVAL = 2.0
 
 
 class Broker:
@@ -107,6 +116,30 @@ class Broker:
         self.next_id = 1
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.stopping = threading.Event()
+        self.adopt_mounts()
+
+    def adopt_mounts(self) -> None:
+        """Take over the mounts at directories that an earlier broker made (their source
+        names them), so that list and unmount work across a restart. Their drivers are
+        not ours to supervise: a watcher forgets each once it is unmounted."""
+        adopted = []
+        for target, device, source, owner in broker_mounts():
+            fs_type, _, image = source[len(SOURCE_PREFIX) :].partition(":")
+            with self.lock:
+                entry = BrokerMount(self.next_id, owner, fs_type, image, target, None)
+                self.next_id += 1
+                self.mounts[entry.id] = entry
+            adopted.append((entry, device))
+            log.info("adopted mount %d (uid %d) at %s", entry.id, owner, target)
+        if adopted:
+            threading.Thread(target=self._watch_adopted, args=(adopted,), daemon=True).start()
+
+    def _watch_adopted(self, adopted: list[tuple[BrokerMount, str]]) -> None:
+        while adopted and not self.stopping.wait(ADOPTED_CHECK_INTERVAL):
+            for entry, device in list(adopted):
+                if entry.target is None or not is_mounted(entry.target, device):
+                    adopted.remove((entry, device))
+                    self._forget(entry)
 
     # -- the accept loop -----------------------------------------------------------------
 
@@ -226,8 +259,15 @@ class Broker:
             raise CallError(f"{INTERFACE}.NoSuchMount", id=wanted)
         if found.target is None:
             raise invalid("id", "a detached mount ends when its fd is closed and it is detached")
-        found.mount.request_stop()
-        found.done.wait(10)
+        if found.mount is None:  # adopted: no driver of ours to wait for
+            try:
+                unmount(found.target)
+            except MountError as exc:
+                raise CallError(f"{INTERFACE}.MountFailed", reason=str(exc)) from None
+            self._forget(found)
+        else:
+            found.mount.request_stop()
+            found.done.wait(10)
         log.info("%s: unmounted %d at %s", caller, found.id, found.target)
         return {}, []
 
@@ -249,7 +289,7 @@ class Broker:
             raise denied(refusal)
         mount_request = MountRequest(
             target=request["target"] or "",
-            source=f"pyfsmount-broker:{request['image']}",
+            source=f"{SOURCE_PREFIX}{fs_type}:{request['image']}",
             flags=MS_RDONLY | MS_NOSUID | MS_NODEV,
             allow_other=request["allow_other"],
             owner=(caller.uid, caller.gid),
@@ -367,12 +407,16 @@ class Broker:
         return entry
 
     def _supervise(self, entry: BrokerMount) -> None:
+        assert entry.mount is not None
         code = entry.mount.supervise()
         entry.mount.driver.control.close()
+        self._forget(entry)
+        log.info("mount %d (uid %d) ended, driver exit %d", entry.id, entry.owner, code)
+
+    def _forget(self, entry: BrokerMount) -> None:
         with self.lock:
             self.mounts.pop(entry.id, None)
         entry.done.set()
-        log.info("mount %d (uid %d) ended, driver exit %d", entry.id, entry.owner, code)
 
     def unmount_all(self) -> None:
         """For tests and shutdown by hand: unmount every target mount this broker made."""
@@ -385,6 +429,24 @@ class Broker:
 
 
 # -- checks of what the caller sent ------------------------------------------------------
+
+
+def broker_mounts() -> list[tuple[str, str, str, int]]:
+    """(target, major:minor, source, owner uid) of every broker mount at a directory in
+    this mount namespace, from /proc/self/mountinfo."""
+    found = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            tail = fields[fields.index(b"-") + 1 :]
+            if len(tail) < 3 or tail[0] != b"fuse.pyfsmount":
+                continue
+            source = os.fsdecode(unescape_mountinfo(tail[1]))
+            options = dict(o.partition(b"=")[::2] for o in tail[2].split(b","))
+            if source.startswith(SOURCE_PREFIX) and options.get(b"user_id", b"").isdigit():
+                target = os.fsdecode(unescape_mountinfo(fields[4]))
+                found.append((target, fields[2].decode(), source, int(options[b"user_id"])))
+    return found
 
 
 def _int(parameters: dict[str, Any], name: str, required: bool = False) -> int | None:
