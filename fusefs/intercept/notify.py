@@ -1,0 +1,158 @@
+"""Seccomp user notification, the kernel interface (linux/seccomp.h), through ctypes.
+
+The supervised process runs under a filter whose mount rules answer
+SECCOMP_RET_USER_NOTIF: the call blocks, and the supervisor, holding the filter's
+listener fd, receives it (:func:`receive`), reads its arguments from the caller's memory
+(:func:`read_string`, checking :func:`still_valid` after every read: the caller may have
+died and its pid been reused), and answers it (:func:`respond`) with a result, an errno,
+or "continue": let the kernel run the call as the caller asked, with the caller's own
+credentials and checks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from dataclasses import dataclass
+
+from fusefs import seccomp
+
+SYS_SECCOMP = 317
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
+SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
+#: libseccomp's action for "send to the listener".
+ACT_NOTIFY = 0x7FC00000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [
+        ("nr", ctypes.c_int32),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("args", ctypes.c_uint64 * 6),
+    ]
+
+
+class _Notif(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("data", _Data),
+    ]
+
+
+class _Resp(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("val", ctypes.c_int64),
+        ("error", ctypes.c_int32),
+        ("flags", ctypes.c_uint32),
+    ]
+
+
+class NotifyError(OSError):
+    """A user-notification ioctl failed."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One trapped system call: its cookie, the caller's pid (ours), its number, args."""
+
+    id: int
+    pid: int
+    nr: int
+    args: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return seccomp.syscall_name(self.nr)
+
+
+def install_listener(rules: list[seccomp.Rule]) -> int:
+    """Load a filter (default: allow) whose ACT_NOTIFY rules go to a new listener; return
+    the listener fd. In the process to supervise, single-threaded, no_new_privs set."""
+    program = seccomp.compile_program(rules, default=seccomp.ACT_ALLOW)
+    buffer = ctypes.create_string_buffer(program, len(program))
+
+    class _Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = _Prog(len(program) // 8, ctypes.addressof(buffer))
+    fd = _libc.syscall(
+        ctypes.c_long(SYS_SECCOMP),
+        ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+        ctypes.c_long(SECCOMP_FILTER_FLAG_NEW_LISTENER),
+        ctypes.byref(prog),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise NotifyError(err, f"seccomp listener: {os.strerror(err)}")
+    return int(fd)
+
+
+def receive(listener: int) -> Call | None:
+    """The next trapped call; None if it vanished before we got it (caller killed)."""
+    notif = _Notif()
+    if _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_RECV), ctypes.byref(notif)) < 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOENT, errno.EINTR):
+            return None
+        raise NotifyError(err, f"SECCOMP_IOCTL_NOTIF_RECV: {os.strerror(err)}")
+    return Call(notif.id, notif.pid, notif.data.nr, tuple(notif.data.args))
+
+
+def still_valid(listener: int, call_id: int) -> bool:
+    """Whether the caller still waits in this call (so its pid still names it)."""
+    cookie = ctypes.c_uint64(call_id)
+    return bool(
+        _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_ID_VALID), ctypes.byref(cookie))
+        == 0
+    )
+
+
+def respond(
+    listener: int, call_id: int, value: int = 0, error: int = 0, proceed: bool = False
+) -> None:
+    """Answer a call: ``value`` (success), ``error`` (an errno), or let the kernel run it."""
+    resp = _Resp(call_id, 0 if proceed else value, 0 if proceed else -error, 0)
+    if proceed:
+        resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE
+    if _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_SEND), ctypes.byref(resp)) < 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOENT:  # ENOENT: the caller is gone; nothing to answer
+            raise NotifyError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")
+
+
+def read_string(listener: int, call: Call, address: int, limit: int = 4096) -> str | None:
+    """The NUL-terminated string at ``address`` in the caller's memory (None for NULL).
+
+    Read through /proc/PID/mem, then checked with :func:`still_valid`: if the caller died
+    meanwhile, its pid may name another process, and what was read is not its.
+    """
+    if address == 0:
+        return None
+    fd = os.open(f"/proc/{call.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = b""
+        while len(data) < limit and b"\0" not in data:
+            chunk = os.pread(fd, min(256, limit - len(data)), address + len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise NotifyError(exc.errno or errno.EFAULT, "reading the caller's memory") from None
+    finally:
+        os.close(fd)
+    if not still_valid(listener, call.id):
+        raise NotifyError(errno.ESRCH, "the caller went away")
+    if b"\0" not in data:
+        raise NotifyError(errno.ENAMETOOLONG, "string argument too long")
+    return data.split(b"\0", 1)[0].decode(errors="surrogateescape")
