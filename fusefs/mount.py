@@ -8,6 +8,7 @@ already mounted, ready to hand to the driver process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -15,6 +16,7 @@ import shutil
 import socket
 import stat
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fusefs.options import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_RDONLY
@@ -22,6 +24,7 @@ from fusefs.options import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NO
 FUSE_DEVICE = "/dev/fuse"
 FS_SUBTYPE = "pyfsmount"
 MNT_DETACH = 2
+CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -108,27 +111,17 @@ MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 1, 2
 _libc.syscall.restype = ctypes.c_long
 
 
-def mount_detached(request: MountRequest) -> tuple[int, int]:
+def mount_detached(request: MountRequest, own_user_namespace: bool = True) -> tuple[int, int]:
     """A FUSE mount attached nowhere (fsopen, fsconfig, fsmount): (channel fd, mount fd).
 
     Whoever holds the mount fd can attach it with move_mount(2), in a mount namespace
     of its own; the file system lives while the mount fd or an attachment does. Root
-    only. ``request.target`` is not used; read-only, nosuid and nodev always.
+    only. ``request.target`` is not used; read-only, nosuid and nodev always (and
+    noexec if ``request.flags`` asks). :func:`fuse_context` says what
+    ``own_user_namespace`` is for.
     """
-    fuse_fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    fs_fd = -1
+    fuse_fd, fs_fd = fuse_context(request, own_user_namespace)
     try:
-        fs_fd = _syscall_fd(SYS_FSOPEN, b"fuse", FSOPEN_CLOEXEC, what="fsopen fuse")
-        settings: list[tuple[str, str | None]] = [
-            ("source", request.source),
-            ("subtype", FS_SUBTYPE),
-        ]
-        for option in request.fuse_options(fuse_fd).split(","):
-            name, sep, text = option.partition("=")
-            settings.append((name, text if sep else None))
-        for name, setting in settings:
-            _fsconfig(fs_fd, name, setting)
-        _syscall_fd(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0, what="fsconfig")
         attributes = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
         if request.flags & MS_NOEXEC:
             attributes |= MOUNT_ATTR_NOEXEC
@@ -137,9 +130,108 @@ def mount_detached(request: MountRequest) -> tuple[int, int]:
         os.close(fuse_fd)
         raise
     finally:
+        os.close(fs_fd)
+    return fuse_fd, mount_fd
+
+
+def fuse_context(request: MountRequest, own_user_namespace: bool = True) -> tuple[int, int]:
+    """A read-only FUSE superblock, made but not mounted: (channel fd, fs context fd),
+    the context ready for fsmount(2). Root only.
+
+    Whoever mounts it in a mount namespace it owns can set that mount's flags
+    (mount_setattr(2) clears nodev and nosuid), so they cannot be what keeps an image's
+    device nodes and set-user-ID files harmless. With ``own_user_namespace`` the
+    superblock is made in a user namespace of its own (:func:`_in_own_user_namespace`),
+    which the kernel treats as an unprivileged mount whatever the flags: device nodes
+    never open (SB_I_NODEV), and set-user-ID bits and file capabilities count only for
+    processes inside that namespace, of which there are none. Its id map is the
+    identity, so owners show as they are on the image. The price, set by the kernel's
+    FUSE for such a superblock: no POSIX ACLs (system.posix_acl_* answer ENOTSUP;
+    permissions are the mode bits), and allow_other admits only that namespace's
+    processes, so it is refused. Without ``own_user_namespace`` (for a holder no less
+    privileged than root) the superblock is the initial namespace's, as mount(2) by
+    root makes it.
+    """
+    if not own_user_namespace:
+        return _make_context(request)
+    if request.allow_other:
+        raise MountError("allow_other is not available for a mount in its own user namespace")
+    fuse_fd, fs_fd = _in_own_user_namespace(lambda: list(_make_context(request)))
+    return fuse_fd, fs_fd
+
+
+def _make_context(request: MountRequest) -> tuple[int, int]:
+    """/dev/fuse, then the context, configured and created: (channel fd, context fd)."""
+    fuse_fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    fs_fd = -1
+    try:
+        fs_fd = _syscall_fd(SYS_FSOPEN, b"fuse", FSOPEN_CLOEXEC, what="fsopen fuse")
+        settings: list[tuple[str, str | None]] = [
+            ("source", request.source),
+            ("subtype", FS_SUBTYPE),
+            ("ro", None),  # the superblock itself, whatever flags its mounts get
+        ]
+        for option in request.fuse_options(fuse_fd).split(","):
+            name, sep, text = option.partition("=")
+            settings.append((name, text if sep else None))
+        for name, setting in settings:
+            _fsconfig(fs_fd, name, setting)
+        _syscall_fd(SYS_FSCONFIG, fs_fd, FSCONFIG_CMD_CREATE, None, None, 0, what="fsconfig")
+    except MountError:
+        os.close(fuse_fd)
         if fs_fd >= 0:
             os.close(fs_fd)
-    return fuse_fd, mount_fd
+        raise
+    return fuse_fd, fs_fd
+
+
+#: Every id maps to itself: the namespace changes who counts as privileged, not who
+#: owns what.
+IDENTITY_MAP = "0 0 4294967295"
+
+
+def _in_own_user_namespace(make: Callable[[], list[int]]) -> list[int]:
+    """Run ``make`` in a forked child, inside new user and mount namespaces with the
+    identity map (written here: only a process privileged over the parent namespace may
+    map every id); return the fds it made (MountError with its reason if it failed).
+
+    A fork, because unshare(CLONE_NEWUSER) refuses a threaded process (the broker).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked maker
+        ours.close()
+        code = 1
+        try:
+            if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+                raise MountError(f"unshare: {os.strerror(ctypes.get_errno())}")
+            theirs.send(b"unshared")
+            if theirs.recv(16) != b"mapped":
+                raise MountError("no id map")
+            made = make()
+            socket.send_fds(theirs, [b"ok"], made)
+            code = 0
+        except BaseException as exc:  # reported to the parent, never raised in a fork
+            with contextlib.suppress(OSError):
+                theirs.send(f"error\0{exc}".encode(errors="replace"))
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        with ours:
+            if ours.recv(16) == b"unshared":
+                for name in ("uid_map", "gid_map"):
+                    with open(f"/proc/{child}/{name}", "w") as f:
+                        f.write(IDENTITY_MAP)
+                ours.send(b"mapped")
+            data, fds, _, _ = socket.recv_fds(ours, 4096, 4)
+    finally:
+        os.waitpid(child, 0)
+    if data != b"ok":
+        for fd in fds:
+            os.close(fd)
+        raise MountError(data.partition(b"\0")[2].decode(errors="replace") or "mount failed")
+    return fds
 
 
 def _fsconfig(fs_fd: int, key: str, value: str | None) -> None:

@@ -2,6 +2,7 @@
 
 python -m tests.broker_caller mount SOCKET IMAGE DIR [TYPE]
 python -m tests.broker_caller detached SOCKET IMAGE ATTACH_DIR
+python -m tests.broker_caller escalate SOCKET IMAGE ATTACH_DIR   (tests.support.escalation)
 python -m tests.broker_caller list SOCKET
 python -m tests.broker_caller unmount SOCKET ID
 """
@@ -15,6 +16,7 @@ import sys
 from typing import Any
 
 from fusefs.broker.client import BrokerClient, BrokerError
+from tests.support.escalation import try_escalation
 
 CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
 SYS_MOVE_MOUNT, MOVE_MOUNT_F_EMPTY_PATH, AT_FDCWD = 429, 4, -100
@@ -46,6 +48,8 @@ def run(action: str, socket_path: str, args: list[str]) -> dict[str, Any]:
     assert mounted.mount_fd is not None
     attach(mounted.mount_fd, args[1])
     os.close(mounted.mount_fd)
+    if action == "escalate":
+        return try_escalation(args[1])
     return {"id": mounted.id, "type": mounted.type, "listing": sorted(os.listdir(args[1]))}
 
 

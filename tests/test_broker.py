@@ -8,6 +8,7 @@ no template left, and the broker holds no more descriptors than before.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from tests.launcher import (
     user_ids,
     wait_for,
 )
+from tests.support.escalation import privileged_files_image
 
 __all__ = ["test_user"]
 
@@ -228,6 +230,22 @@ def test_a_detached_mount_is_attached_in_the_callers_own_namespace(
     # The caller has exited: its namespace and its fd are gone, so is the mount.
     wait_for(lambda: workspace.call("list", str(broker.socket))["mounts"] == [], what="the end")
     wait_for(lambda: len(pids_running(b"fusefs.template")) == 1, what="the driver to exit")
+
+
+def test_a_detached_mounts_holder_cannot_open_devices_or_gain_setuid_after_clearing_flags(
+    workspace: Workspace,
+) -> None:
+    """The holder of a detached mount attaches it where it owns the mount namespace, so it
+    may clear nodev and nosuid (mount_setattr); the image's world-open device node and
+    setuid-root program must stay harmless all the same."""
+    broker = workspace.start_broker()
+    image = privileged_files_image(workspace.directory("hostile"))
+    answer = workspace.call(
+        "escalate", str(broker.socket), str(image), str(workspace.directory("attach"))
+    )
+    assert answer["setattr"] == 0  # the flags were cleared: the test means something
+    assert answer["device"] == errno.EACCES
+    assert answer["euid"] == answer["own_euid"], answer
 
 
 # -- policy --------------------------------------------------------------------------------

@@ -361,6 +361,10 @@ class Broker:
         allow_other = parameters.get("allowOther", False)
         if not isinstance(allow_other, bool):
             raise invalid("allowOther", "must be true or false")
+        if allow_other and detached:
+            # Its superblock belongs to a user namespace of its own (mount_detached), and
+            # FUSE's allow_other admits only that namespace's processes: none.
+            raise invalid("allowOther", "not available for a detached mount")
         if allow_other and caller.uid != 0 and not _user_allow_other():
             raise denied("allowOther needs user_allow_other in /etc/fuse.conf")
         fs_type = parameters.get("type", "auto")
