@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
 import logging
 import os
 import socket
@@ -23,8 +22,11 @@ A mount of a type in --redirect (default: ext2, ext3, ext4, squashfs, vfat, msdo
 a read-only pyfsmount mount at the same target, as the caller sees it: the image is parsed
 by a confined driver, never by the kernel. Types in --allow are mounted by the kernel (with
 the caller's own rights); any other type gets EPERM. Remounts, bind and move mounts and
-propagation changes go to the kernel. fsopen(2) answers ENOSYS, so that mount(8) uses
-mount(2). Run as root; COMMAND typically runs in new user and mount namespaces (--userns).
+propagation changes go to the kernel. The new mount API is answered the same way:
+fsopen(2) of a redirected type gives a context that fsconfig(2) and fsmount(2) turn into
+a pyfsmount mount, which move_mount(2) attaches. Data options (uid=, umask=, codepage=,
+...) go to the driver. Run as root; COMMAND typically runs in new user and mount
+namespaces (--userns).
 """
 
 EPILOG = """\
@@ -35,6 +37,8 @@ example: pyfsmount-intercept --userns -- sh -c 'mount -t ext4 -o ro disk.img /mn
 CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
 PR_SET_NO_NEW_PRIVS = 38
+#: The mount family. Nothing else is trapped: the command's other calls run at full speed.
+TRAPPED_CALLS = ("mount", "fsopen", "fsconfig", "fsmount", "move_mount", "open_tree")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,11 +129,7 @@ def _become_command(channel: socket.socket, command: list[str], userns: bool) ->
             raise OSError(ctypes.get_errno(), "making mounts private")
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "no_new_privs")
-    rules = [
-        seccomp.Rule("mount", ACT_NOTIFY),
-        # The new mount API is not emulated yet: ENOSYS makes mount(8) use mount(2).
-        seccomp.Rule("fsopen", seccomp.act_errno(errno.ENOSYS)),
-    ]
+    rules = [seccomp.Rule(name, ACT_NOTIFY) for name in TRAPPED_CALLS]
     try:
         listener = install_listener(rules)
     except NotifyError as exc:

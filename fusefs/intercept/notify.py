@@ -25,6 +25,8 @@ SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
 SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
+SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
+SECCOMP_ADDFD_FLAG_SETFD, SECCOMP_ADDFD_FLAG_SEND = 1 << 0, 1 << 1
 #: libseccomp's action for "send to the listener".
 ACT_NOTIFY = 0x7FC00000
 
@@ -55,6 +57,16 @@ class _Resp(ctypes.Structure):
         ("val", ctypes.c_int64),
         ("error", ctypes.c_int32),
         ("flags", ctypes.c_uint32),
+    ]
+
+
+class _AddFd(ctypes.Structure):
+    _fields_ = [
+        ("id", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("srcfd", ctypes.c_uint32),
+        ("newfd", ctypes.c_uint32),
+        ("newfd_flags", ctypes.c_uint32),
     ]
 
 
@@ -129,6 +141,47 @@ def respond(
         err = ctypes.get_errno()
         if err != errno.ENOENT:  # ENOENT: the caller is gone; nothing to answer
             raise NotifyError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")
+
+
+def answer_with_fd(listener: int, call_id: int, fd: int, cloexec: bool) -> int:
+    """Install a copy of our ``fd`` in the caller's fd table and answer the call with its
+    number there (SECCOMP_ADDFD_FLAG_SEND: one step, so a caller that dies in between
+    leaks nothing). The caller's fd number is returned."""
+    return _add_fd(listener, call_id, fd, SECCOMP_ADDFD_FLAG_SEND, 0, cloexec)
+
+
+def replace_fd(listener: int, call_id: int, fd: int, number: int, cloexec: bool) -> None:
+    """Put a copy of our ``fd`` at ``number`` in the caller's fd table, closing what was
+    there (SECCOMP_ADDFD_FLAG_SETFD, as dup2 would); the call is still to be answered.
+    The kernel refuses to pass O_PATH files this way (a mount fd, say)."""
+    _add_fd(listener, call_id, fd, SECCOMP_ADDFD_FLAG_SETFD, number, cloexec)
+
+
+def _add_fd(listener: int, call_id: int, fd: int, flags: int, number: int, cloexec: bool) -> int:
+    request = _AddFd(call_id, flags, fd, number, os.O_CLOEXEC if cloexec else 0)
+    result = _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_ADDFD), ctypes.byref(request))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise NotifyError(err, f"SECCOMP_IOCTL_NOTIF_ADDFD: {os.strerror(err)}")
+    return int(result)
+
+
+def file_identity(listener: int, call: Call, fd: int) -> tuple[int, int] | None:
+    """(device, inode) of the file behind the caller's ``fd``; None if it has no such fd.
+
+    Taken from /proc/PID/fd, then checked with :func:`still_valid` like any read of the
+    caller's state. A 32-bit argument is an int to the kernel: negative is no fd.
+    """
+    number = ctypes.c_int32(fd & 0xFFFFFFFF).value
+    if number < 0:
+        return None
+    try:
+        info = os.stat(f"/proc/{call.pid}/fd/{number}")
+    except OSError:
+        info = None
+    if not still_valid(listener, call.id):
+        raise NotifyError(errno.ESRCH, "the caller went away")
+    return None if info is None else (info.st_dev, info.st_ino)
 
 
 def read_string(listener: int, call: Call, address: int, limit: int = 4096) -> str | None:

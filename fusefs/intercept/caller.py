@@ -1,0 +1,281 @@
+"""The caller of a trapped mount, as the kernel sees it: its rights, ids and paths.
+
+The supervisor is root; the caller may be anyone. Everything done for a caller is done
+with what the caller itself has: :func:`may_mount` is the kernel's own test (CAP_SYS_ADMIN
+over the user namespace that owns the caller's mount namespace), :class:`CallerView`
+opens paths in the caller's mount namespace, root and working directory with its file
+system ids and groups, and :func:`caller_options` maps its uid= and gid= through its user
+namespace. Each read of the caller's state is checked afterwards with
+``SECCOMP_IOCTL_NOTIF_ID_VALID`` by the code that trapped the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import stat
+
+from fusefs.options import MountOptions, OptionError, parse_options, split_option_string
+
+CLONE_NEWNS = 0x20000
+SYS_MOVE_MOUNT = 429
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+CAP_SYS_ADMIN = 21
+NS_GET_USERNS, NS_GET_PARENT = 0xB701, 0xB702
+#: Options of pyfsmount itself, not of a file system: a trapped caller may not set them.
+CALLER_REFUSED_OPTIONS = frozenset(
+    {"sandbox", "max_memory", "debug", "allow_other", "fsname", "busy_poll", "request_timeout"}
+    | {"suid", "dev", "exec", "nosuid", "nodev", "noexec", "offset", "partition"}
+)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class CallRefused(OSError):
+    """The answer to a trapped call is this errno (the reason is logged)."""
+
+
+def may_mount(pid: int) -> bool:
+    """Whether the kernel would let ``pid`` mount in its mount namespace (may_mount():
+    CAP_SYS_ADMIN in its effective set, in the user namespace that owns that mount
+    namespace or an ancestor of it). The interceptor never mounts for a caller that
+    could not have mounted anything itself."""
+    if not _effective_caps(pid) & (1 << CAP_SYS_ADMIN):
+        return False
+    own = _identity(os.stat(f"/proc/{pid}/ns/user"))
+    owner = _mount_namespace_owner(pid)
+    while True:
+        try:
+            if _identity(os.fstat(owner)) == own:
+                return True
+            parent = fcntl.ioctl(owner, NS_GET_PARENT)
+        except OSError:  # the top: the caller's user namespace is not above the owner
+            return False
+        finally:
+            os.close(owner)
+        owner = parent
+
+
+def mount_namespace_is_ours(pid: int) -> bool:
+    """Whether the caller's mount namespace belongs to our own user namespace: then only
+    processes as privileged as we are can change the flags of mounts there (nodev,
+    nosuid). Otherwise the caller's namespace owns it, and so may the caller."""
+    owner = _mount_namespace_owner(pid)
+    try:
+        return _identity(os.fstat(owner)) == _identity(os.stat("/proc/self/ns/user"))
+    finally:
+        os.close(owner)
+
+
+def _mount_namespace_owner(pid: int) -> int:
+    """An fd of the user namespace that owns the caller's mount namespace."""
+    mnt_ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fcntl.ioctl(mnt_ns, NS_GET_USERNS)
+    finally:
+        os.close(mnt_ns)
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _effective_caps(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def caller_options(pid: int, fs_type: str, items: list[str]) -> MountOptions:
+    """MountOptions from the data options of the caller's mount (``uid=1000,umask=077``).
+
+    Only file-system options are taken from a caller: how its driver is confined and
+    served (sandbox=, max_memory=, allow_other, ...) is not its to say. uid= and gid= are
+    ids in the caller's user namespace, mapped to the host's as the kernel maps them.
+    A FAT volume's files belong to the caller unless it says otherwise, as with vfat.
+    """
+    options = MountOptions(fs_type=fs_type)
+    for name, value in split_option_string(",".join(items)):
+        if name in CALLER_REFUSED_OPTIONS:
+            raise CallRefused(errno.EINVAL, f"option {name!r} is not the caller's to set")
+        if name in ("uid", "gid") and value is not None and value.isdigit():
+            value = str(_map_id(pid, name, int(value)))
+        try:
+            parse_options([name if value is None else f"{name}={value}"], options)
+        except OptionError as exc:
+            raise CallRefused(errno.EINVAL, str(exc)) from None
+    if fs_type == "vfat":
+        uid, gid = fs_ids(pid)
+        options.uid = uid if options.uid is None else options.uid
+        options.gid = gid if options.gid is None else options.gid
+    return options
+
+
+def _map_id(pid: int, kind: str, inner: int) -> int:
+    """The host id of ``inner``, an id in the caller's user namespace (/proc/PID/*_map)."""
+    with open(f"/proc/{pid}/{kind}_map") as f:
+        for line in f:
+            first, lower, count = (int(n) for n in line.split())
+            if first <= inner < first + count:
+                return lower + inner - first
+    raise CallRefused(errno.EINVAL, f"{kind}={inner} is not mapped in the caller's namespace")
+
+
+class CallerView:
+    """A helper process that sees the file system as the caller does.
+
+    Forked from the supervisor: it joins the caller's mount namespace, root and working
+    directory, opens paths with the caller's file-system ids, and attaches mounts there.
+    It talks to the supervisor over a socketpair, one request at a time.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.fs_ids = fs_ids(pid)
+        self.groups = _groups(pid)
+        self.sock: socket.socket | None = None
+        self.helper = 0
+
+    def __enter__(self) -> CallerView:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        directory = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        mnt_ns = os.open(f"/proc/{self.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        root = os.open(f"/proc/{self.pid}/root", directory)
+        cwd = os.open(f"/proc/{self.pid}/cwd", directory)
+        handles = [mnt_ns, root, cwd]
+        self.helper = os.fork()
+        if self.helper == 0:
+            ours.close()
+            code = 1
+            try:
+                code = _helper(theirs, mnt_ns, root, cwd, self.fs_ids, self.groups)
+            finally:
+                os._exit(code)
+        for fd in handles:
+            os.close(fd)
+        theirs.close()
+        self.sock = ours
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        if self.helper:
+            os.waitpid(self.helper, 0)
+
+    def open_paths(self, source: str, target: str | None) -> tuple[int, int | None]:
+        """(image fd, target directory fd or None) as the caller would open them;
+        CallRefused with the errno the caller would have got."""
+        assert self.sock is not None
+        request = f"open\0{source}\0{target or ''}".encode()
+        socket.send_fds(self.sock, [request], [])
+        data, fds, _, _ = socket.recv_fds(self.sock, 4096, 2)
+        if data == b"0" and len(fds) == (1 if target is None else 2):
+            return fds[0], fds[1] if target is not None else None
+        for fd in fds:
+            os.close(fd)
+        error = int(data) if data.isdigit() and data != b"0" else errno.EIO
+        raise CallRefused(error, f"opening {source!r} as the caller: {os.strerror(error)}")
+
+    def attach(self, mount_fd: int, target_fd: int) -> None:
+        """move_mount the detached mount onto the target, in the caller's namespace."""
+        assert self.sock is not None
+        socket.send_fds(self.sock, [b"attach"], [mount_fd, target_fd])
+        data = self.sock.recv(64)
+        if data != b"0":
+            error = int(data) if data.isdigit() else errno.EIO
+            raise CallRefused(error, f"attaching the mount: {os.strerror(error)}")
+
+
+def _helper(
+    sock: socket.socket,
+    mnt_ns: int,
+    root: int,
+    cwd: int,
+    fs_ids: tuple[int, int],
+    groups: list[int],
+) -> int:
+    """In the forked helper: become the caller's view, then serve open and attach."""
+    if _libc.setns(mnt_ns, CLONE_NEWNS) != 0:
+        return 1
+    os.fchdir(root)
+    os.chroot(".")
+    os.fchdir(cwd)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 8192, 2)
+        except OSError:
+            return 1
+        if not data:
+            return 0
+        if data.startswith(b"open\0"):
+            _, source, target = data.split(b"\0", 2)
+            _reply_open(sock, os.fsdecode(source), os.fsdecode(target), fs_ids, groups)
+        elif data == b"attach" and len(fds) == 2:
+            flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+            rc = _libc.syscall(
+                ctypes.c_long(SYS_MOVE_MOUNT),
+                ctypes.c_long(fds[0]),
+                b"",
+                ctypes.c_long(fds[1]),
+                b"",
+                ctypes.c_long(flags),
+            )
+            sock.send(b"0" if rc == 0 else str(ctypes.get_errno()).encode())
+        for fd in fds:
+            os.close(fd)
+
+
+def _reply_open(
+    sock: socket.socket, source: str, target: str, fs_ids: tuple[int, int], groups: list[int]
+) -> None:
+    """Open both paths with the caller's file-system ids; send the fds, or the errno."""
+    opened: list[int] = []
+    os.setgroups(groups)
+    _libc.setfsgid(fs_ids[1])
+    _libc.setfsuid(fs_ids[0])
+    try:
+        image = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        opened.append(image)
+        mode = os.fstat(image).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise OSError(errno.ENOTBLK, "not a block device or an image file")
+        if target:
+            opened.append(os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in opened:
+            os.close(fd)
+        sock.send(str(exc.errno or errno.EIO).encode())
+        return
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
+        os.setgroups([])
+    socket.send_fds(sock, [b"0"], opened)
+    for fd in opened:
+        os.close(fd)
+
+
+def fs_ids(pid: int) -> tuple[int, int]:
+    """The caller's file-system uid and gid (host ids), from /proc/PID/status."""
+    uid = gid = 65534
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[4])
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[4])
+    return uid, gid
+
+
+def _groups(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Groups:"):
+                return [int(g) for g in line.split()[1:]]
+    return []
