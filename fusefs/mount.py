@@ -103,11 +103,28 @@ def mount_as_root(request: MountRequest) -> int:
 
 
 # The new mount API (x86_64 numbers) and its constants, from linux/mount.h.
-SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 430, 431, 432
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_FSOPEN, SYS_FSCONFIG, SYS_FSMOUNT = 428, 429, 430, 431, 432
+SYS_MOUNT_SETATTR = 442
 FSOPEN_CLOEXEC = 1
 FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 1, 6
 FSMOUNT_CLOEXEC = 1
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 1, 2, 4, 8
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
+AT_FDCWD, AT_EMPTY_PATH = -100, 0x1000
+
+
+class MountAttr(ctypes.Structure):
+    """struct mount_attr, mount_setattr(2)'s argument."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
 _libc.syscall.restype = ctypes.c_long
 
 

@@ -93,15 +93,28 @@ def intercepted(
 
 
 @pytest.mark.parametrize(
-    "mount_options",
-    [("-t", "ext4", "-o", "loop,ro"), ("-o", "loop"), ("-t", "ext4", "-o", "ro")],
-    ids=["typed-loop", "probed-loop", "typed-file"],
+    ("mount_options", "options"),
+    [
+        (("-t", "ext4", "-o", "loop,ro"), ()),
+        (("-o", "loop"), ()),
+        (("-t", "ext4", "-o", "ro"), ()),
+        (("-t", "ext4", "-o", "loop,ro"), ("--host-loop",)),
+    ],
+    ids=["typed-loop", "probed-loop", "typed-file", "host-loop-device"],
 )
 def test_mount8_of_an_ext4_image_becomes_a_pyfsmount_mount_equal_to_the_kernels(
-    images: ImageCache, tmp_path: Path, no_leftovers: None, mount_options: tuple[str, ...]
+    images: ImageCache,
+    tmp_path: Path,
+    no_leftovers: None,
+    mount_options: tuple[str, ...],
+    options: tuple[str, ...],
 ) -> None:
+    """mount(8) sets up a loop device first: an emulated one (a stand-in), or with
+    --host-loop a real one, whose backing file the redirect reads."""
     image = images.get("standard", "ext4")
-    seen = intercepted(tmp_path, "mount", *mount_options, str(image), TARGET, userns=False)
+    seen = intercepted(
+        tmp_path, "mount", *mount_options, str(image), TARGET, options=options, userns=False
+    )
     assert seen["returncode"] == 0, seen
     assert seen["mountinfo"][seen["mountinfo"].index("-") + 1] == "fuse.pyfsmount"
     assert "redirected to pyfsmount" in seen["log"]
@@ -376,3 +389,67 @@ def test_a_caller_that_clears_nodev_still_cannot_open_the_images_devices(
     assert escalation["setattr"] == 0  # the flags were cleared: the test means something
     assert escalation["device"] == errno.EACCES
     assert escalation["euid"] == escalation["own_euid"]
+
+
+# Loop devices, emulated.
+
+
+def loop_devices_backed_by(image: Path) -> list[str]:
+    """The host's loop devices attached to ``image``."""
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        if backing.read_text().strip() == str(image):
+            found.append(backing.parent.parent.name)
+    return found
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "mount -o loop,ro {image} {target}",
+        "mount {image} {target}",
+        "mount -t ext4 -o loop {image} {target} && umount {target} && "
+        "mount -o loop,ro {image} {target} && umount {target} && mount {image} {target}",
+        "losetup -f --show -r {image} > /tmp/dev && mount -t ext4 $(cat /tmp/dev) {target}",
+    ],
+    ids=["loop", "probed-file", "again-and-again", "losetup"],
+)
+def test_an_unprivileged_container_mounts_with_loop_devices_it_may_not_set_up(
+    images: ImageCache, open_dir: Path, test_user: str, no_leftovers: None, script: str
+) -> None:
+    """mount(8)'s loop setup goes to stand-ins for /dev/loop-control and /dev/loopN; the
+    mount ends up a pyfsmount mount of the image, and no loop device is ever set up."""
+    image = open_dir / "standard.img"
+    shutil.copyfile(images.get("standard", "ext4"), image)
+    image.chmod(0o644)
+    command = script.format(image=image, target=TARGET).replace("/tmp/dev", f"{open_dir}/dev")
+    seen = intercepted(
+        open_dir,
+        *("sh", "-c", command),
+        userns=False,
+        caller_prefix=unprivileged(test_user),
+    )
+    assert seen["returncode"] == 0, seen["stderr"] + seen["log"]
+    assert seen["mountinfo"][seen["mountinfo"].index("-") + 1] == "fuse.pyfsmount"
+    kernel = images.kernel_scan("standard", "ext4")
+    top = {path for path in kernel if path.count(b"/") == 1}
+    # All the kernel shows, but what the caller's user may not read (dirs/no-perms/...).
+    assert top <= set(seen["scan"]) <= set(kernel)
+    assert "emulated, attached to" in seen["log"]
+    assert loop_devices_backed_by(image) == []
+
+
+def test_a_loop_offset_is_where_the_file_system_starts(
+    images: ImageCache, tmp_path: Path, no_leftovers: None
+) -> None:
+    """(With -t: blkid would probe /dev/loopN, which shows the whole image.)"""
+    padded = tmp_path / "padded.img"
+    padded.write_bytes(b"\0" * 1048576 + images.get("standard", "ext4").read_bytes())
+    seen = intercepted(
+        tmp_path,
+        *("mount", "-t", "ext4", "-o", "loop,ro,offset=1048576", str(padded), TARGET),
+        userns=False,
+    )
+    assert seen["returncode"] == 0, seen["stderr"] + seen["log"]
+    assert_scans_equal(images.kernel_scan("standard", "ext4"), seen["scan"], label="offset")
+    assert "(offset 1048576)" in seen["log"]

@@ -18,11 +18,24 @@ import os
 import socket
 import stat
 
+from fusefs.mount import (
+    AT_EMPTY_PATH,
+    AT_FDCWD,
+    CLONE_NEWNS,
+    MNT_DETACH,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    MOVE_MOUNT_F_EMPTY_PATH,
+    MOVE_MOUNT_T_EMPTY_PATH,
+    OPEN_TREE_CLONE,
+    SYS_MOUNT_SETATTR,
+    SYS_MOVE_MOUNT,
+    SYS_OPEN_TREE,
+    MountAttr,
+)
 from fusefs.options import MountOptions, OptionError, parse_options, split_option_string
 
-CLONE_NEWNS = 0x20000
-SYS_MOVE_MOUNT = 429
-MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x4, 0x40
 CAP_SYS_ADMIN = 21
 NS_GET_USERNS, NS_GET_PARENT = 0xB701, 0xB702
 #: Options of pyfsmount itself, not of a file system: a trapped caller may not set them.
@@ -184,12 +197,26 @@ class CallerView:
 
     def attach(self, mount_fd: int, target_fd: int) -> None:
         """move_mount the detached mount onto the target, in the caller's namespace."""
+        self._ask(b"attach", [mount_fd, target_fd], "attaching the mount")
+
+    def cover(self, path: str, fd: int) -> None:
+        """Cover ``path`` with a read-only, nosuid, nodev bind of the file ``fd`` (the
+        caller's own open file: a bind needs a file of the namespace it goes to)."""
+        self._ask(b"cover\0" + os.fsencode(path), [fd], f"covering {path}")
+
+    def uncover(self, path: str, identity: tuple[int, int]) -> None:
+        """Lift a :meth:`cover` from ``path``, if ``identity`` (dev, inode) still shows
+        there: what the caller has done to it since is its own business."""
+        request = b"uncover\0%s\0%d\0%d" % (os.fsencode(path), identity[0], identity[1])
+        self._ask(request, [], f"uncovering {path}")
+
+    def _ask(self, request: bytes, fds: list[int], what: str) -> None:
         assert self.sock is not None
-        socket.send_fds(self.sock, [b"attach"], [mount_fd, target_fd])
+        socket.send_fds(self.sock, [request], fds)
         data = self.sock.recv(64)
         if data != b"0":
             error = int(data) if data.isdigit() else errno.EIO
-            raise CallRefused(error, f"attaching the mount: {os.strerror(error)}")
+            raise CallRefused(error, f"{what}: {os.strerror(error)}")
 
 
 def _helper(
@@ -218,17 +245,54 @@ def _helper(
             _reply_open(sock, os.fsdecode(source), os.fsdecode(target), fs_ids, groups)
         elif data == b"attach" and len(fds) == 2:
             flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
-            rc = _libc.syscall(
-                ctypes.c_long(SYS_MOVE_MOUNT),
-                ctypes.c_long(fds[0]),
-                b"",
-                ctypes.c_long(fds[1]),
-                b"",
-                ctypes.c_long(flags),
-            )
+            rc = _syscall(SYS_MOVE_MOUNT, fds[0], b"", fds[1], b"", flags)
             sock.send(b"0" if rc == 0 else str(ctypes.get_errno()).encode())
+        elif data.startswith(b"cover\0") and len(fds) == 1:
+            sock.send(str(_cover(data.split(b"\0", 1)[1], fds[0])).encode())
+        elif data.startswith(b"uncover\0"):
+            _, path, dev, ino = data.split(b"\0", 3)
+            sock.send(str(_uncover(path, (int(dev), int(ino)))).encode())
         for fd in fds:
             os.close(fd)
+
+
+def _syscall(number: int, *args: int | bytes) -> int:
+    converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    return int(_libc.syscall(ctypes.c_long(number), *converted))
+
+
+def _cover(path: bytes, fd: int) -> int:
+    """In the helper: a read-only bind of ``fd`` over ``path``; 0 or an errno."""
+    tree = _syscall(SYS_OPEN_TREE, fd, b"", OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH)
+    if tree < 0:
+        return ctypes.get_errno()
+    try:
+        attributes = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+        size = ctypes.sizeof(attributes)
+        rc = _libc.syscall(
+            ctypes.c_long(SYS_MOUNT_SETATTR),
+            ctypes.c_long(tree),
+            b"",
+            ctypes.c_long(AT_EMPTY_PATH),
+            ctypes.byref(attributes),
+            ctypes.c_long(size),
+        )
+        if rc == 0:
+            rc = _syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH)
+        return ctypes.get_errno() if rc else 0
+    finally:
+        os.close(tree)
+
+
+def _uncover(path: bytes, identity: tuple[int, int]) -> int:
+    """In the helper: unmount the bind at ``path`` if it is still of ``identity``."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    if (info.st_dev, info.st_ino) != identity:
+        return 0
+    return ctypes.get_errno() if _libc.umount2(path, MNT_DETACH) else 0
 
 
 def _reply_open(

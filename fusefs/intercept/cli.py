@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import logging
 import os
 import socket
 import sys
 
 from fusefs import seccomp
+from fusefs.intercept.loop import (
+    BLKGETSIZE64,
+    IOCTL_LOOP,
+    IOCTL_MASK,
+    LoopDevices,
+    cover_loop_devices,
+)
 from fusefs.intercept.notify import ACT_NOTIFY, NotifyError, install_listener
 from fusefs.intercept.supervisor import REDIRECT_DEFAULT, InterceptPolicy, Supervisor
+from fusefs.mount import CLONE_NEWNS, CLONE_NEWUSER
+from fusefs.options import MS_NODEV, MS_NOEXEC, MS_NOSUID
 from fusefs.template import Template, TemplateError
 
 log = logging.getLogger("pyfsmount.intercept")
 
 DESCRIPTION = """\
-Run COMMAND with its mount(2) calls sent to this supervisor (seccomp user notification).
+Run COMMAND with its mount calls sent to this supervisor (seccomp user notification).
 A mount of a type in --redirect (default: ext2, ext3, ext4, squashfs, vfat, msdos) becomes
 a read-only pyfsmount mount at the same target, as the caller sees it: the image is parsed
 by a confined driver, never by the kernel. Types in --allow are mounted by the kernel (with
@@ -25,8 +35,11 @@ the caller's own rights); any other type gets EPERM. Remounts, bind and move mou
 propagation changes go to the kernel. The new mount API is answered the same way:
 fsopen(2) of a redirected type gives a context that fsconfig(2) and fsmount(2) turn into
 a pyfsmount mount, which move_mount(2) attaches. Data options (uid=, umask=, codepage=,
-...) go to the driver. Run as root; COMMAND typically runs in new user and mount
-namespaces (--userns).
+...) go to the driver. Loop devices are emulated (unless --host-loop): COMMAND's
+/dev/loop-control and /dev/loopN are stand-ins, so mount -o loop works for callers that
+may not set up a loop device, and no loop device is ever set up. Run as root; COMMAND
+typically runs in new user and mount namespaces (--userns); it always gets a mount
+namespace of its own.
 """
 
 EPILOG = """\
@@ -34,8 +47,8 @@ exit status: COMMAND's, or 1 for a usage error, 126 if COMMAND could not be star
 example: pyfsmount-intercept --userns -- sh -c 'mount -t ext4 -o ro disk.img /mnt; ls /mnt'
 """
 
-CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
-MS_REC, MS_PRIVATE = 0x4000, 0x40000
+MS_REC, MS_PRIVATE, MS_SLAVE = 0x4000, 0x40000, 0x80000
+RUN_MOUNT = "/run/mount"
 PR_SET_NO_NEW_PRIVS = 38
 #: The mount family. Nothing else is trapped: the command's other calls run at full speed.
 TRAPPED_CALLS = ("mount", "fsopen", "fsconfig", "fsmount", "move_mount", "open_tree")
@@ -54,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         "--userns",
         action="store_true",
         help="run COMMAND as root of new user and mount namespaces (your uid mapped to 0)",
+    )
+    parser.add_argument(
+        "--host-loop",
+        action="store_true",
+        help="let COMMAND use the host's loop devices, where it may, instead of emulated ones",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every trapped call")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
@@ -77,14 +95,18 @@ def main(argv: list[str] | None = None) -> None:
     except TemplateError:
         template = None
     try:
-        sys.exit(run(command, policy, template, args.userns))
+        sys.exit(run(command, policy, template, args.userns, emulate_loop=not args.host_loop))
     finally:
         if template is not None:
             template.close()
 
 
 def run(
-    command: list[str], policy: InterceptPolicy, template: Template | None, userns: bool
+    command: list[str],
+    policy: InterceptPolicy,
+    template: Template | None,
+    userns: bool,
+    emulate_loop: bool = True,
 ) -> int:
     """Start COMMAND under the filter, then supervise it until it exits."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -93,18 +115,20 @@ def run(
         ours.close()
         code = 126
         try:
-            _become_command(theirs, command, userns)
+            _become_command(theirs, command, userns, emulate_loop)
         except BaseException as exc:  # reported, then this child exits
             print(f"pyfsmount-intercept: {command[0]}: {exc}", file=sys.stderr)
         finally:
             os._exit(code)
     theirs.close()
-    _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+    data, fds, _, _ = socket.recv_fds(ours, 65536, 1)
     ours.close()
     if not fds:
         _, status = os.waitpid(child, 0)
         return os.waitstatus_to_exitcode(status)
-    supervisor = Supervisor(fds[0], policy, template)
+    covered = json.loads(data)
+    loops = LoopDevices(fds[0], covered) if covered else None
+    supervisor = Supervisor(fds[0], policy, template, loops)
     try:
         return supervisor.serve(child)
     finally:
@@ -112,9 +136,29 @@ def run(
         supervisor.wait_for_drivers(timeout=10)
 
 
-def _become_command(channel: socket.socket, command: list[str], userns: bool) -> None:
-    """In the child: namespaces, the filter, the listener to the parent, then exec."""
+def private_mount_table(libc: ctypes.CDLL) -> None:
+    """Give the command its own /run/mount (an empty tmpfs, writable by all of it).
+
+    libmount keeps there what the kernel does not (utab: "loop", "user", helper
+    options). A command that owns a user namespace of its own cannot write the host's,
+    and mount(8) then fails after a successful mount ("failed to update userspace mount
+    table"); a command that can would mix its private mounts into the host's table.
+    """
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if libc.mount(b"pyfsmount-utab", RUN_MOUNT.encode(), b"tmpfs", flags, b"mode=1777,size=1m"):
+        raise OSError(ctypes.get_errno(), f"mounting a tmpfs at {RUN_MOUNT}")
+
+
+def _become_command(
+    channel: socket.socket, command: list[str], userns: bool, emulate_loop: bool
+) -> None:
+    """In the child: namespaces (and the loop stand-ins), the filter, the listener to the
+    parent, then exec."""
     libc = ctypes.CDLL(None, use_errno=True)
+    if emulate_loop or userns:
+        # Where libmount would make it on first use; made while still root here, so
+        # that the command's own table can be mounted over it (private_mount_table).
+        os.makedirs(RUN_MOUNT, mode=0o755, exist_ok=True)
     if userns:
         uid, gid = os.getuid(), os.getgid()
         if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
@@ -127,14 +171,29 @@ def _become_command(channel: socket.socket, command: list[str], userns: bool) ->
             f.write(f"0 {gid} 1")
         if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
             raise OSError(ctypes.get_errno(), "making mounts private")
+    covered: dict[str, object] = {}
+    if emulate_loop:
+        if not userns:  # the stand-ins need a mount namespace of the command's own
+            if libc.unshare(CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "unshare")
+            if libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
+                raise OSError(ctypes.get_errno(), "making mounts slaves")
+        covered = cover_loop_devices()
+    if emulate_loop or userns:
+        private_mount_table(libc)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "no_new_privs")
     rules = [seccomp.Rule(name, ACT_NOTIFY) for name in TRAPPED_CALLS]
+    if emulate_loop:
+        loop_command = seccomp.Cmp(1, seccomp.CMP_MASKED_EQ, IOCTL_MASK, IOCTL_LOOP)
+        rules.append(seccomp.Rule("ioctl", ACT_NOTIFY, (loop_command,)))
+        size_query = seccomp.Cmp(1, seccomp.CMP_EQ, BLKGETSIZE64)
+        rules.append(seccomp.Rule("ioctl", ACT_NOTIFY, (size_query,)))
     try:
         listener = install_listener(rules)
     except NotifyError as exc:
         raise OSError(exc.errno, f"seccomp: {exc.strerror}") from None
-    socket.send_fds(channel, [b"listener"], [listener])
+    socket.send_fds(channel, [json.dumps(covered).encode()], [listener])
     os.close(listener)
     channel.close()
     os.execvp(command[0], command)

@@ -27,6 +27,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from fusefs.intercept.loop import Attachment
 from fusefs.intercept.notify import Call, NotifyError, answer_with_fd, file_identity, read_string
 from fusefs.launch import DriverProcess, abandon
 
@@ -53,6 +54,7 @@ class FsContext:
     driver: DriverProcess | None = None
     fs_ids: tuple[int, int] = (65534, 65534)
     cloexec: bool = False  # FSOPEN_CLOEXEC: the real context gets the same fd flag
+    loop: Attachment | None = None  # the emulated loop device of the source, if any
     phase: str = "collecting"  # -> "created" -> "mounted", or "failed"
 
     def close(self) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fusefs import seccomp
 
@@ -26,11 +28,13 @@ SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
 SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
 SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438
 SECCOMP_ADDFD_FLAG_SETFD, SECCOMP_ADDFD_FLAG_SEND = 1 << 0, 1 << 1
 #: libseccomp's action for "send to the listener".
 ACT_NOTIFY = 0x7FC00000
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_T = TypeVar("_T")
 
 
 class _Data(ctypes.Structure):
@@ -209,3 +213,54 @@ def read_string(listener: int, call: Call, address: int, limit: int = 4096) -> s
     if b"\0" not in data:
         raise NotifyError(errno.ENAMETOOLONG, "string argument too long")
     return data.split(b"\0", 1)[0].decode(errors="surrogateescape")
+
+
+def read_bytes(listener: int, call: Call, address: int, size: int) -> bytes:
+    """``size`` bytes of the caller's memory at ``address`` (a structure it passed)."""
+    data = _access_memory(call, lambda fd: os.pread(fd, size, address), os.O_RDONLY)
+    if not still_valid(listener, call.id):
+        raise NotifyError(errno.ESRCH, "the caller went away")
+    if len(data) != size:
+        raise NotifyError(errno.EFAULT, "reading the caller's memory")
+    return data
+
+
+def write_bytes(listener: int, call: Call, address: int, data: bytes) -> None:
+    """Fill a structure the caller passed to be filled (its call is answered next)."""
+    if not still_valid(listener, call.id):  # never write into another process
+        raise NotifyError(errno.ESRCH, "the caller went away")
+    written = _access_memory(call, lambda fd: os.pwrite(fd, data, address), os.O_WRONLY)
+    if written != len(data):
+        raise NotifyError(errno.EFAULT, "writing the caller's memory")
+
+
+def _access_memory(call: Call, access: Callable[[int], _T], mode: int) -> _T:
+    try:
+        fd = os.open(f"/proc/{call.pid}/mem", mode | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotifyError(exc.errno or errno.ESRCH, "opening the caller's memory") from None
+    try:
+        return access(fd)
+    except OSError as exc:
+        raise NotifyError(exc.errno or errno.EFAULT, "the caller's memory") from None
+    finally:
+        os.close(fd)
+
+
+def take_fd(listener: int, call: Call, fd: int) -> int:
+    """A copy of the caller's ``fd`` (pidfd_getfd): the file it opened, with its rights."""
+    pidfd = _libc.syscall(ctypes.c_long(SYS_PIDFD_OPEN), ctypes.c_long(call.pid), 0)
+    if pidfd < 0:
+        raise NotifyError(ctypes.get_errno(), "pidfd_open")
+    try:
+        if not still_valid(listener, call.id):  # the pidfd may name another process
+            raise NotifyError(errno.ESRCH, "the caller went away")
+        number = ctypes.c_int32(fd & 0xFFFFFFFF).value
+        copy = _libc.syscall(
+            ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(number), 0
+        )
+        if copy < 0:
+            raise NotifyError(ctypes.get_errno(), f"the caller's fd {number}")
+        return int(copy)
+    finally:
+        os.close(pidfd)

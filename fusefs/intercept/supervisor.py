@@ -40,6 +40,7 @@ from fusefs.intercept.caller import (
     may_mount,
     mount_namespace_is_ours,
 )
+from fusefs.intercept.loop import Attachment, LoopDevices
 from fusefs.intercept.newapi import KEY_MAX, FsContext, FsContexts
 from fusefs.intercept.notify import (
     Call,
@@ -90,6 +91,8 @@ class Supervisor:
     listener: int
     policy: InterceptPolicy
     template: Template | None = None
+    #: The emulated loop devices (None: the command uses the host's, where it may).
+    loops: LoopDevices | None = None
     supervisors: list[threading.Thread] = field(default_factory=list)
     contexts: FsContexts = field(init=False)
 
@@ -112,6 +115,8 @@ class Supervisor:
                     return os.waitstatus_to_exitcode(status)
         finally:
             self.contexts.close()
+            if self.loops is not None:
+                self.loops.close()
 
     def answer(self, call: Call) -> None:
         handler = {
@@ -119,12 +124,20 @@ class Supervisor:
             "fsopen": self.answer_fsopen,
             "fsconfig": self.answer_fsconfig,
             "fsmount": self.answer_fsmount,
+            "ioctl": self.answer_ioctl,
         }.get(call.name, self.pass_through)
         try:
             handler(call)
         except OSError as exc:  # NotifyError, CallRefused, or the caller gone from /proc
             log.warning("pid %d: %s: %s", call.pid, call.name, exc.strerror or exc)
             respond(self.listener, call.id, error=exc.errno or errno.EIO)
+
+    def answer_ioctl(self, call: Call) -> None:
+        """A loop device command (the only ioctls trapped): emulated on a stand-in."""
+        if self.loops is None:
+            respond(self.listener, call.id, proceed=True)
+        else:
+            self.loops.answer(call)
 
     def pass_through(self, call: Call) -> None:
         """move_mount and open_tree attach or copy mounts that exist: no image is parsed."""
@@ -220,6 +233,7 @@ class Supervisor:
             with CallerView(call.pid) as view:
                 image_fd, _ = view.open_paths(context.source, None)
             try:
+                context.loop = self.loop_behind(image_fd, options)
                 context.driver = self.start_driver(call, image_fd, context.source, options)
             finally:
                 os.close(image_fd)
@@ -241,7 +255,7 @@ class Supervisor:
         assert context.driver is not None and context.source is not None
         driver, context.driver, context.phase = context.driver, None, "mounted"
         request = self.request(context.source, context.fs_ids, 0)
-        fs_fd = self.served(call, driver, request, fuse_context)
+        fs_fd = self.served(call, driver, request, fuse_context, context.loop)
         try:
             replace_fd(self.listener, call.id, fs_fd, call.args[0], context.cloexec)
         finally:
@@ -260,17 +274,29 @@ class Supervisor:
             assert target_fd is not None
             try:
                 try:
+                    loop = self.loop_behind(image_fd, options)
                     driver = self.start_driver(call, image_fd, source, options)
                 finally:
                     os.close(image_fd)
                 request = self.request(source, view.fs_ids, flags & MS_NOEXEC)
-                mount_fd = self.served(call, driver, request, mount_detached)
+                mount_fd = self.served(call, driver, request, mount_detached, loop)
                 try:
                     view.attach(mount_fd, target_fd)
                 finally:
                     os.close(mount_fd)
             finally:
                 os.close(target_fd)
+
+    def loop_behind(self, image_fd: int, options: MountOptions) -> Attachment | None:
+        """The emulated loop device the image was opened through (/dev/loopN covered with
+        it), if any: its offset is the mount's."""
+        if self.loops is None:
+            return None
+        info = os.fstat(image_fd)
+        attachment = self.loops.attachment_of((info.st_dev, info.st_ino))
+        if attachment is not None:
+            options.offset = attachment.info.lo_offset
+        return attachment
 
     def start_driver(
         self, call: Call, image_fd: int, source: str, options: MountOptions
@@ -298,6 +324,7 @@ class Supervisor:
         driver: DriverProcess,
         request: MountRequest,
         make: Callable[[MountRequest, bool], tuple[int, int]],
+        loop: Attachment | None = None,
     ) -> int:
         """``make`` (mount_detached or fuse_context) the FUSE mount or context for the
         caller, served by ``driver``: its fd, ours to close. A thread waits for the
@@ -321,7 +348,16 @@ class Supervisor:
         except LaunchError as exc:
             os.close(made)
             raise CallRefused(errno.EIO, str(exc)) from None
-        supervisor = threading.Thread(target=mount.supervise, daemon=True)
+        loops = self.loops
+        if loop is not None and loops is not None:
+            loops.mounted(loop)
+
+        def supervise() -> None:
+            mount.supervise()
+            if loop is not None and loops is not None:
+                loops.unmounted(loop)  # an autoclear loop device is free again
+
+        supervisor = threading.Thread(target=supervise, daemon=True)
         supervisor.start()
         self.supervisors.append(supervisor)
         return made

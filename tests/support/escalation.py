@@ -15,19 +15,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-SYS_MOUNT_SETATTR = 442
-AT_FDCWD = -100
-MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x2, 0x4
+from fusefs.mount import AT_FDCWD, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, SYS_MOUNT_SETATTR, MountAttr
+
 DEVICE, SETUID_PROGRAM = "zero", "id"
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
 
 
 def privileged_files_image(directory: Path) -> Path:
@@ -54,7 +44,7 @@ def try_escalation(mount_point: str) -> dict[str, object]:
     run the setuid program: the errno of each step (0: it worked) and the euid the
     program reports, beside our own."""
     libc = ctypes.CDLL(None, use_errno=True)
-    attributes = _MountAttr(0, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, 0, 0)
+    attributes = MountAttr(0, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, 0, 0)
     rc = libc.syscall(
         ctypes.c_long(SYS_MOUNT_SETATTR),
         ctypes.c_long(AT_FDCWD),
