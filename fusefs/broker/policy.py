@@ -30,12 +30,13 @@ image is parsed by a confined driver and nothing else; no trusted directory is n
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusefs.options import OptionError, parse_size
+from fusefs.policyfile import PolicyError, Section, load_toml
+
+__all__ = ["ALL_TYPES", "TYPE_NAMES", "Policy", "PolicyError", "load_policy"]
 
 ALL_TYPES = ("ext2", "ext3", "ext4", "squashfs", "vfat")
 #: What -t names may be asked for, mapped to the type the driver reports.
@@ -48,10 +49,6 @@ TYPE_NAMES = {
     "fat": "vfat",
     "msdos": "vfat",
 }
-
-
-class PolicyError(Exception):
-    """The policy file is unusable; the message says where."""
 
 
 @dataclass(frozen=True)
@@ -93,114 +90,43 @@ def load_policy(path: str | None) -> Policy:
     """The policy in ``path`` (TOML), or the default when None."""
     if path is None:
         return Policy()
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise PolicyError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: {exc}") from None
+    raw = load_toml(path, {"callers", "filesystems", "images", "limits", "results"})
     try:
         return _from_table(raw, path)
-    except (TypeError, ValueError, OptionError) as exc:
+    except (TypeError, ValueError) as exc:
         raise PolicyError(f"{path}: {exc}") from None
 
 
 def _from_table(raw: dict[str, Any], path: str) -> Policy:
-    known = {"callers", "filesystems", "images", "limits", "results"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    callers = _section(raw, "callers", {"uids", "gids"})
-    fs = _section(raw, "filesystems", {"allowed", "trusted_only"})
-    images = _section(raw, "images", {"trusted_directories", "max_size"})
-    limits = _section(raw, "limits", {"mounts_per_user", "mounts_total", "memory_per_mount"})
-    results = _section(raw, "results", {"target", "detached"})
+    callers = Section(raw, "callers", {"uids", "gids"})
+    fs = Section(raw, "filesystems", {"allowed", "trusted_only"})
+    images = Section(raw, "images", {"trusted_directories", "max_size"})
+    limits = Section(raw, "limits", {"mounts_per_user", "mounts_total", "memory_per_mount"})
+    results = Section(raw, "results", {"target", "detached"})
     default = Policy()
-    directories = tuple(_strings(images, "trusted_directories", ()))
+    directories = tuple(images.strings("trusted_directories", ()))
     for directory in directories:
         if not os.path.isabs(directory):
             raise ValueError(f"trusted directory {directory!r} is not an absolute path")
     return Policy(
-        uids=frozenset(_ints(callers, "uids")),
-        gids=frozenset(_ints(callers, "gids")),
+        uids=frozenset(callers.ids("uids")),
+        gids=frozenset(callers.ids("gids")),
         allowed=_types(fs, "allowed", default.allowed),
         trusted_only=_types(fs, "trusted_only", frozenset()),
         trusted_directories=tuple(os.path.realpath(d) for d in directories),
-        max_size=_size(images, "max_size", default.max_size),
-        mounts_per_user=_count(limits, "mounts_per_user", default.mounts_per_user),
-        mounts_total=_count(limits, "mounts_total", default.mounts_total),
-        memory_per_mount=_size(limits, "memory_per_mount", default.memory_per_mount),
-        target_results=_flag(results, "target", True),
-        detached_results=_flag(results, "detached", True),
+        max_size=images.size("max_size", default.max_size),
+        mounts_per_user=limits.count("mounts_per_user", default.mounts_per_user),
+        mounts_total=limits.count("mounts_total", default.mounts_total),
+        memory_per_mount=limits.size("memory_per_mount", default.memory_per_mount),
+        target_results=results.flag("target", True),
+        detached_results=results.flag("detached", True),
         source=str(Path(path)),
     )
 
 
-def _section(raw: dict[str, Any], name: str, keys: set[str]) -> dict[str, Any]:
-    table = raw.get(name, {})
-    if not isinstance(table, dict):
-        raise TypeError(f"[{name}] must be a table")
-    unknown = set(table) - keys
-    if unknown:
-        raise ValueError(f"[{name}]: unknown key(s): {', '.join(sorted(unknown))}")
-    return {f"{name}.{k}": v for k, v in table.items()} | {"": name}
-
-
-def _get(table: dict[str, Any], key: str) -> Any:
-    return table.get(f"{table['']}.{key}")
-
-
-def _strings(table: dict[str, Any], key: str, default: tuple[str, ...]) -> list[str]:
-    value = _get(table, key)
-    if value is None:
-        return list(default)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"[{table['']}] {key} must be a list of strings")
-    return value
-
-
-def _types(table: dict[str, Any], key: str, default: frozenset[str]) -> frozenset[str]:
-    names = _strings(table, key, tuple(default))
+def _types(section: Section, key: str, default: frozenset[str]) -> frozenset[str]:
+    names = section.strings(key, tuple(default))
     unknown = [n for n in names if n not in TYPE_NAMES]
     if unknown:
-        raise ValueError(f"[{table['']}] {key}: unknown file system type(s) {unknown}")
+        raise ValueError(f"[{section.name}] {key}: unknown file system type(s) {unknown}")
     return frozenset(names)
-
-
-def _ints(table: dict[str, Any], key: str) -> list[int]:
-    value = _get(table, key) or []
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    ):
-        raise TypeError(f"[{table['']}] {key} must be a list of ids")
-    return value
-
-
-def _count(table: dict[str, Any], key: str, default: int) -> int:
-    value = _get(table, key)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise TypeError(f"[{table['']}] {key} must be a count")
-    return value
-
-
-def _size(table: dict[str, Any], key: str, default: int) -> int:
-    value = _get(table, key)
-    if value is None:
-        return default
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        return parse_size(value, f"[{table['']}] {key}")
-    raise TypeError(f'[{table[""]}] {key} must be a size such as "4G"')
-
-
-def _flag(table: dict[str, Any], key: str, default: bool) -> bool:
-    value = _get(table, key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise TypeError(f"[{table['']}] {key} must be true or false")
-    return value

@@ -19,7 +19,8 @@ from fusefs.intercept.loop import (
     cover_loop_devices,
 )
 from fusefs.intercept.notify import ACT_NOTIFY, NotifyError, install_listener
-from fusefs.intercept.supervisor import REDIRECT_DEFAULT, InterceptPolicy, Supervisor
+from fusefs.intercept.policy import REDIRECT_DEFAULT, InterceptPolicy, PolicyError, load_policy
+from fusefs.intercept.supervisor import Supervisor
 from fusefs.mount import CLONE_NEWNS, CLONE_NEWUSER
 from fusefs.options import MS_NODEV, MS_NOEXEC, MS_NOSUID
 from fusefs.template import Template, TemplateError
@@ -43,7 +44,8 @@ namespace of its own.
 """
 
 EPILOG = """\
-exit status: COMMAND's, or 1 for a usage error, 126 if COMMAND could not be started.
+exit status: COMMAND's; 2 for a usage error, 1 for an unusable policy file, 126 if
+COMMAND could not be started.
 example: pyfsmount-intercept --userns -- sh -c 'mount -t ext4 -o ro disk.img /mnt; ls /mnt'
 """
 
@@ -61,8 +63,17 @@ def main(argv: list[str] | None = None) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--redirect", default=",".join(sorted(REDIRECT_DEFAULT)), help="types")
-    parser.add_argument("--allow", default="", help="types the kernel may mount (e.g. tmpfs)")
+    parser.add_argument(
+        "--policy", metavar="FILE", help="a TOML policy (types to redirect and allow, loop)"
+    )
+    parser.add_argument(
+        "--redirect",
+        metavar="TYPES",
+        help=f"types that become pyfsmount mounts (default: {','.join(sorted(REDIRECT_DEFAULT))})",
+    )
+    parser.add_argument(
+        "--allow", metavar="TYPES", help="types the kernel may mount itself (e.g. tmpfs,proc)"
+    )
     parser.add_argument(
         "--userns",
         action="store_true",
@@ -83,32 +94,42 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="pyfsmount-intercept: %(message)s",
     )
-    policy = InterceptPolicy(
-        redirect=frozenset(t for t in args.redirect.split(",") if t),
-        allow=frozenset(t for t in args.allow.split(",") if t),
-    )
-    unknown = policy.redirect - REDIRECT_DEFAULT
-    if unknown:
-        parser.error(f"--redirect: pyfsmount cannot mount {', '.join(sorted(unknown))}")
+    try:
+        policy = _command_line_policy(args)
+    except PolicyError as exc:
+        print(f"pyfsmount-intercept: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         template: Template | None = Template()
     except TemplateError:
         template = None
     try:
-        sys.exit(run(command, policy, template, args.userns, emulate_loop=not args.host_loop))
+        sys.exit(run(command, policy, template, args.userns))
     finally:
         if template is not None:
             template.close()
 
 
+def _command_line_policy(args: argparse.Namespace) -> InterceptPolicy:
+    """The policy file's (or the default), with what the command line says over it."""
+    policy = load_policy(args.policy)
+    changes: dict[str, object] = {}
+    if args.redirect is not None:
+        changes["redirect"] = frozenset(t for t in args.redirect.split(",") if t)
+    if args.allow is not None:
+        changes["allow"] = frozenset(t for t in args.allow.split(",") if t)
+    if args.host_loop:
+        changes["emulate_loop"] = False
+    return policy.replace(**changes)
+
+
 def run(
-    command: list[str],
-    policy: InterceptPolicy,
-    template: Template | None,
-    userns: bool,
-    emulate_loop: bool = True,
+    command: list[str], policy: InterceptPolicy, template: Template | None, userns: bool
 ) -> int:
     """Start COMMAND under the filter, then supervise it until it exits."""
+    emulate_loop = policy.emulate_loop
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child = os.fork()
     if child == 0:

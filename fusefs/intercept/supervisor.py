@@ -50,6 +50,7 @@ from fusefs.intercept.notify import (
     respond,
     still_valid,
 )
+from fusefs.intercept.policy import DRIVER_TYPES, InterceptPolicy
 from fusefs.launch import DriverProcess, LaunchError, abandon, open_in_driver, serve
 from fusefs.mount import (
     MountError,
@@ -71,19 +72,6 @@ log = logging.getLogger("pyfsmount.intercept")
 
 MS_REMOUNT, MS_BIND, MS_MOVE = 0x20, 0x1000, 0x2000
 MS_PROPAGATION = 0x10000 | 0x20000 | 0x40000 | 0x100000  # unbindable, private, slave, shared
-
-REDIRECT_DEFAULT = frozenset({"ext2", "ext3", "ext4", "squashfs", "vfat", "msdos"})
-#: pyfsmount's name for each type it redirects.
-DRIVER_TYPES = {"ext2": "ext4", "ext3": "ext4", "ext4": "ext4", "squashfs": "squashfs"}
-DRIVER_TYPES |= {"vfat": "vfat", "msdos": "vfat"}
-
-
-@dataclass(frozen=True)
-class InterceptPolicy:
-    """Which types become pyfsmount mounts, and which the kernel may mount itself."""
-
-    redirect: frozenset[str] = REDIRECT_DEFAULT
-    allow: frozenset[str] = frozenset()
 
 
 @dataclass
