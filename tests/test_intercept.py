@@ -439,6 +439,24 @@ def test_an_unprivileged_container_mounts_with_loop_devices_it_may_not_set_up(
     assert loop_devices_backed_by(image) == []
 
 
+def test_an_unprivileged_container_mounts_a_squashfs_image_by_its_probed_type(
+    images: ImageCache, open_dir: Path, test_user: str, no_leftovers: None
+) -> None:
+    image = open_dir / "standard.sqfs"
+    shutil.copyfile(images.get("standard", "sq-gzip"), image)
+    image.chmod(0o644)
+    seen = intercepted(
+        open_dir,
+        *("mount", "-o", "loop", str(image), TARGET),
+        userns=False,
+        caller_prefix=unprivileged(test_user),
+    )
+    assert seen["returncode"] == 0, seen["stderr"] + seen["log"]
+    assert "'/dev/loop0', '/mnt', 'squashfs', 0x0): redirected" in seen["log"]
+    kernel = images.kernel_scan("standard", "sq-gzip")
+    assert {path for path in kernel if path.count(b"/") == 1} <= set(seen["scan"])
+
+
 def test_a_loop_offset_is_where_the_file_system_starts(
     images: ImageCache, tmp_path: Path, no_leftovers: None
 ) -> None:
