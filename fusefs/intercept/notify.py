@@ -183,8 +183,7 @@ def file_identity(listener: int, call: Call, fd: int) -> tuple[int, int] | None:
         info = os.stat(f"/proc/{call.pid}/fd/{number}")
     except OSError:
         info = None
-    if not still_valid(listener, call.id):
-        raise NotifyError(errno.ESRCH, "the caller went away")
+    ensure_waiting(listener, call)
     return None if info is None else (info.st_dev, info.st_ino)
 
 
@@ -196,20 +195,18 @@ def read_string(listener: int, call: Call, address: int, limit: int = 4096) -> s
     """
     if address == 0:
         return None
-    fd = os.open(f"/proc/{call.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-    try:
+
+    def read(fd: int) -> bytes:
         data = b""
         while len(data) < limit and b"\0" not in data:
             chunk = os.pread(fd, min(256, limit - len(data)), address + len(data))
             if not chunk:
                 break
             data += chunk
-    except OSError as exc:
-        raise NotifyError(exc.errno or errno.EFAULT, "reading the caller's memory") from None
-    finally:
-        os.close(fd)
-    if not still_valid(listener, call.id):
-        raise NotifyError(errno.ESRCH, "the caller went away")
+        return data
+
+    data = _access_memory(call, read, os.O_RDONLY)
+    ensure_waiting(listener, call)
     if b"\0" not in data:
         raise NotifyError(errno.ENAMETOOLONG, "string argument too long")
     return data.split(b"\0", 1)[0].decode(errors="surrogateescape")
@@ -218,8 +215,7 @@ def read_string(listener: int, call: Call, address: int, limit: int = 4096) -> s
 def read_bytes(listener: int, call: Call, address: int, size: int) -> bytes:
     """``size`` bytes of the caller's memory at ``address`` (a structure it passed)."""
     data = _access_memory(call, lambda fd: os.pread(fd, size, address), os.O_RDONLY)
-    if not still_valid(listener, call.id):
-        raise NotifyError(errno.ESRCH, "the caller went away")
+    ensure_waiting(listener, call)
     if len(data) != size:
         raise NotifyError(errno.EFAULT, "reading the caller's memory")
     return data
@@ -227,11 +223,16 @@ def read_bytes(listener: int, call: Call, address: int, size: int) -> bytes:
 
 def write_bytes(listener: int, call: Call, address: int, data: bytes) -> None:
     """Fill a structure the caller passed to be filled (its call is answered next)."""
-    if not still_valid(listener, call.id):  # never write into another process
-        raise NotifyError(errno.ESRCH, "the caller went away")
+    ensure_waiting(listener, call)  # never write into another process
     written = _access_memory(call, lambda fd: os.pwrite(fd, data, address), os.O_WRONLY)
     if written != len(data):
         raise NotifyError(errno.EFAULT, "writing the caller's memory")
+
+
+def ensure_waiting(listener: int, call: Call) -> None:
+    """ESRCH unless the caller still waits in this call (then its pid is still its)."""
+    if not still_valid(listener, call.id):
+        raise NotifyError(errno.ESRCH, "the caller went away")
 
 
 def _access_memory(call: Call, access: Callable[[int], _T], mode: int) -> _T:
@@ -253,8 +254,7 @@ def take_fd(listener: int, call: Call, fd: int) -> int:
     if pidfd < 0:
         raise NotifyError(ctypes.get_errno(), "pidfd_open")
     try:
-        if not still_valid(listener, call.id):  # the pidfd may name another process
-            raise NotifyError(errno.ESRCH, "the caller went away")
+        ensure_waiting(listener, call)  # the pidfd may name another process
         number = ctypes.c_int32(fd & 0xFFFFFFFF).value
         copy = _libc.syscall(
             ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(number), 0

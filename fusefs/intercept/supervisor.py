@@ -44,11 +44,12 @@ from fusefs.intercept.loop import Attachment, LoopDevices
 from fusefs.intercept.newapi import KEY_MAX, FsContext, FsContexts
 from fusefs.intercept.notify import (
     Call,
+    NotifyError,
+    ensure_waiting,
     read_string,
     receive,
     replace_fd,
     respond,
-    still_valid,
 )
 from fusefs.intercept.policy import DRIVER_TYPES, InterceptPolicy
 from fusefs.launch import DriverProcess, LaunchError, abandon, open_in_driver, serve
@@ -196,8 +197,7 @@ class Supervisor:
     def caller_may_mount(self, call: Call) -> bool:
         """The kernel's test, for a call the kernel will not see (:func:`may_mount`)."""
         allowed = may_mount(call.pid)
-        if not still_valid(self.listener, call.id):
-            raise CallRefused(errno.ESRCH, "the caller went away")
+        ensure_waiting(self.listener, call)
         return allowed
 
     def answer_fsconfig(self, call: Call) -> None:
@@ -290,8 +290,7 @@ class Supervisor:
         self, call: Call, image_fd: int, source: str, options: MountOptions
     ) -> DriverProcess:
         """A confined driver that has accepted the image; CallRefused(EINVAL) if none does."""
-        if not still_valid(self.listener, call.id):
-            raise CallRefused(errno.ESRCH, "the caller went away")
+        ensure_waiting(self.listener, call)
         try:
             driver, _ = open_in_driver(image_fd, options, source, self.template)
         except LaunchError as exc:
@@ -323,9 +322,11 @@ class Supervisor:
         (fusefs.mount.fuse_context says why), where the image's device nodes and
         set-user-ID bits count for nothing."""
         contained = not mount_namespace_is_ours(call.pid)
-        if not still_valid(self.listener, call.id):
+        try:
+            ensure_waiting(self.listener, call)
+        except NotifyError:
             abandon(driver)
-            raise CallRefused(errno.ESRCH, "the caller went away")
+            raise
         try:
             fuse_fd, made = make(request, contained)
         except MountError as exc:
