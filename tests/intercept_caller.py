@@ -13,6 +13,8 @@ mounted there. All of this happens inside the intercepted namespaces. COMMAND is
   ``step`` names the call that failed;
 - ``newapi-unmounted SOURCE FSTYPE``: the same up to FSCONFIG_CMD_CREATE, then the
   context is closed without a mount (and the caller lingers a second);
+- ``newapi-read SOURCE FSTYPE``: fsopen, then a read() of the context fd (``read``: the
+  byte count, or the negated errno);
 - ``race READABLE SECRET FSTYPE N``: N mount(2) calls of a symlink that a thread keeps
   swapping between two images; ``outcomes`` lists, per call, the errno or the names at
   the root of what was mounted (unmounted again at once);
@@ -56,6 +58,8 @@ def new_mount_api(
     target: str, source: str, fs_type: str, options: list[str], attach: bool
 ) -> tuple[str | None, int]:
     """The new-mount-API sequence; (failed step or None, errno)."""
+    if fs_type == "NULL":  # libmount's probe: is the new API there?
+        return "fsopen", ctypes.get_errno() if syscall(SYS_FSOPEN, None, FSOPEN_CLOEXEC) else 0
     fs_fd = syscall(SYS_FSOPEN, fs_type.encode(), FSOPEN_CLOEXEC)
     if fs_fd < 0:
         return "fsopen", ctypes.get_errno()
@@ -145,6 +149,13 @@ def main() -> None:
         result["step"], result["errno"] = new_mount_api(target, source, fs_type, options, attach)
         if not attach:
             time.sleep(1)
+    elif command[0] == "newapi-read":  # what libmount's message loop reads from the fd
+        fs_fd = syscall(SYS_FSOPEN, command[2].encode(), FSOPEN_CLOEXEC)
+        try:
+            result["read"] = len(os.read(fs_fd, 4096))
+        except OSError as exc:
+            result["read"] = -(exc.errno or 0)
+        os.close(fs_fd)
     elif command[0] == "race":
         readable, secret, fs_type, calls = command[1:]
         result["outcomes"] = race(target, readable, secret, fs_type, int(calls))

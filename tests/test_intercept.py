@@ -258,12 +258,20 @@ def test_the_new_mount_api_of_an_allowed_type_is_the_kernels(
     ("command", "expected"),
     [
         (("none", "btrfs"), ("fsopen", errno.EPERM)),
+        (("none", "NULL"), ("fsopen", errno.EFAULT)),
         (("/no-such.img", "ext4"), ("fsconfig create", errno.ENOENT)),
         ((str(PROJECT / "README.md"), "ext4"), ("fsconfig create", errno.EINVAL)),
         ((str(SAMPLE_IMAGE), "ext4", "sandbox=off"), ("fsconfig create", errno.EINVAL)),
         ((str(SAMPLE_IMAGE), "ext4", "source=again"), ("fsconfig source", errno.EINVAL)),
     ],
-    ids=["type-denied", "no-source", "not-an-image", "pyfsmount-option", "second-source"],
+    ids=[
+        "type-denied",
+        "api-probe",
+        "no-source",
+        "not-an-image",
+        "pyfsmount-option",
+        "second-source",
+    ],
 )
 def test_the_new_mount_api_refuses_as_the_kernel_would(
     tmp_path: Path, no_leftovers: None, command: tuple[str, ...], expected: tuple[str, int]
@@ -271,6 +279,15 @@ def test_the_new_mount_api_refuses_as_the_kernel_would(
     seen = intercepted(tmp_path, "newapi", *command)
     assert (seen["step"], seen["errno"]) == expected, seen["log"]
     assert seen["mountinfo"] is None
+
+
+def test_reading_an_emulated_context_fails_as_reading_a_real_one_does(
+    tmp_path: Path, no_leftovers: None
+) -> None:
+    """libmount (2.39+) reads the kernel's messages from the context fd after every call
+    until read() returns -1: a read that returned 0 would loop it forever."""
+    seen = intercepted(tmp_path, "newapi-read", str(SAMPLE_IMAGE), "ext4")
+    assert seen["read"] < 0
 
 
 def test_a_context_closed_without_a_mount_ends_its_driver(

@@ -15,6 +15,9 @@ would answer them for a read-only device:
   the caller asked. (A mount fd cannot be handed over itself: the kernel does not pass
   O_PATH files to a seccomp-notified process.)
 
+The caller holds the pipe's *write* end: a read() of it fails (EBADF), as a read of a
+real context with no message pending fails (ENODATA). libmount 2.39+ reads messages after
+every call until read() returns -1; an end that gave 0 (end of file) would loop it forever.
 The supervisor keeps the pipe's read end. It reports hang-up once every copy of the
 stand-in is closed: then the context is forgotten, and a driver that never got a mount
 exits. Calls on any other fd (a context of a type the kernel may mount) go to the kernel.

@@ -180,9 +180,13 @@ class Supervisor:
         respond(self.listener, call.id)
 
     def answer_fsopen(self, call: Call) -> None:
-        fs_type = read_string(self.listener, call, call.args[0], KEY_MAX) or ""
+        fs_type = read_string(self.listener, call, call.args[0], KEY_MAX)
         what = f"pid {call.pid}: fsopen({fs_type!r})"
-        if fs_type in self.policy.allow:
+        if fs_type is None:
+            # libmount 2.39+ asks fsopen(NULL) whether the API exists: the kernel's EFAULT
+            # says it does (ENOSYS would send it back to mount(2)).
+            respond(self.listener, call.id, error=errno.EFAULT)
+        elif fs_type in self.policy.allow:
             log.info("%s: passed to the kernel", what)
             respond(self.listener, call.id, proceed=True)
         elif fs_type in self.policy.redirect and not self.caller_may_mount(call):
