@@ -127,6 +127,17 @@ def parse_entries(
     return entries
 
 
+#: What a cached leaf block costs (measured with tracemalloc on the benchmark's ext4
+#: image: 100 blocks of 100 entries took 16.5 KiB each, where the block size, 4 KiB, was
+#: charged): the DirBlock and its tuple, then per entry its (position, name, inode) tuple
+#: and the name.
+_LEAF_BYTES, _ENTRY_BYTES = 512, 150
+
+
+def _leaf_cost(entries: list[Entry]) -> int:
+    return _LEAF_BYTES + sum(_ENTRY_BYTES + len(name) for _, name, _ in entries)
+
+
 def scan_entries(
     buf: bytes,
     start: int,
@@ -302,7 +313,7 @@ class Directory:
         if damage:
             log.warning("%s; the rest of the block is skipped, as the kernel's readdir", damage)
         result = DirBlock(tuple(entries), damage=damage)
-        self.cache.put(key, result, bs)
+        self.cache.put(key, result, _leaf_cost(entries))
         return result
 
     def blocks(self, first: int = 0) -> Iterator[tuple[int, DirBlock]]:
