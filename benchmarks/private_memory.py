@@ -3,7 +3,8 @@
     sudo .venv/bin/python benchmarks/private_memory.py [--quick]
 
 For each of the benchmark's probes (bench.py: the stat walk, the sequential read, every
-small file, random 4 KiB reads), the ext4 image is mounted afresh through a driver
+small file, random 4 KiB reads), the image (ext4 unless --format says) is mounted afresh
+through a driver
 template, as the broker mounts it. Then the private memory (Private_Clean +
 Private_Dirty) of the driver's processes is printed, idle and after the probe: the
 sandbox's waiter and the serving process, and the serving process's growth split by
@@ -67,11 +68,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="the small image")
+    parser.add_argument(
+        "--format", default="ext4", choices=[f.name for f in FORMATS], help="default: ext4"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("private_memory.py needs root (mounts, drop_caches)")
     scale = QUICK if args.quick else FULL
-    image = image_of(next(f for f in FORMATS if f.name == "ext4"), scale)
+    image = image_of(next(f for f in FORMATS if f.name == args.format), scale)
     target = Path("/tmp/pyfsmount-private-memory")
     target.mkdir(exist_ok=True)
     mounter = PyfsmountTemplate()
