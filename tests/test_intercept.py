@@ -131,12 +131,7 @@ def test_a_direct_mount2_call_of_a_squashfs_file_is_redirected(
 
 
 def test_a_vfat_image_is_redirected(tmp_path: Path, no_leftovers: None) -> None:
-    image = tmp_path / "fat.img"
-    subprocess.run(["mkfs.fat", "-C", str(image), "4096"], check=True, capture_output=True)
-    note = tmp_path / "NOTE.TXT"
-    note.write_text("on FAT\n")
-    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
-    subprocess.run(["mcopy", "-i", str(image), str(note), "::/NOTE.TXT"], check=True, env=env)
+    image = fat_image(tmp_path)
     seen = intercepted(tmp_path, "mount", "-t", "vfat", "-o", "loop,ro", str(image), TARGET)
     assert seen["returncode"] == 0, seen
     assert seen["scan"][b"/NOTE.TXT"].size == len("on FAT\n")
