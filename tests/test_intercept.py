@@ -483,3 +483,44 @@ def test_a_loop_offset_is_where_the_file_system_starts(
     assert seen["returncode"] == 0, seen["stderr"] + seen["log"]
     assert_scans_equal(images.kernel_scan("standard", "ext4"), seen["scan"], label="offset")
     assert "(offset 1048576)" in seen["log"]
+
+
+def test_without_loop_devices_in_dev_the_interceptor_runs_without_stand_ins(
+    tmp_path: Path,
+) -> None:
+    """A /dev with no loop-control (a container's): nothing to cover, no refusal; mount(2)
+    of an image file is redirected as anywhere else."""
+    out = tmp_path / "result.pickle"
+    host_dev = tmp_path / "host-dev"
+    host_dev.mkdir()
+    nodes = ["null", "zero", "full", "random", "urandom", "fuse", "tty"]
+    script = "\n".join(
+        [
+            "set -e",
+            f"mount --bind /dev {host_dev}",
+            "mount -t tmpfs -o mode=0755 none /dev",
+            *(f"touch /dev/{n} && mount --bind {host_dev}/{n} /dev/{n}" for n in nodes),
+            f"umount -l {host_dev}",
+            " ".join(
+                [
+                    sys.executable,
+                    *("-m", "fusefs.intercept", "-v", "--"),
+                    *(sys.executable, "-m", "tests.intercept_caller", str(out), TARGET),
+                    *("direct", str(SAMPLE_IMAGE), "ext4"),
+                ]
+            ),
+        ]
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    with out.open("rb") as f:
+        seen = pickle.load(f)
+    assert (seen["returncode"], seen["errno"]) == (0, 0), done.stderr
+    assert b"/README.txt" in seen["scan"]
+    wait_for(lambda: not pids_running(b"fusefs.template"), what="drivers and template to end")

@@ -107,7 +107,11 @@ def cover_loop_devices(scratch: str = "/tmp") -> dict[str, object]:
     """In the command's own mount namespace, before it starts: cover /dev/loop-control
     and each /dev/loopN with an empty file (mode 0666) of a private tmpfs, mounted at
     ``scratch`` just long enough to make them. Their identities, for the supervisor:
-    ``{"control": [dev, ino], "devices": {N: [dev, ino]}}``."""
+    ``{"control": [dev, ino], "devices": {N: [dev, ino]}}``; empty where /dev has no
+    loop-control (a container's /dev): there is nothing to cover, and util-linux's loop
+    setup fails there as it would without the interceptor."""
+    if not os.path.exists(CONTROL):
+        return {}
     numbers = sorted(
         int(name[4:])
         for name in os.listdir("/dev")
