@@ -258,14 +258,20 @@ def _fsconfig(fs_fd: int, key: str, value: str | None) -> None:
     _syscall_fd(SYS_FSCONFIG, fs_fd, command, key.encode(), data, 0, what=f"fsconfig {key}")
 
 
+def syscall(number: int, *args: object) -> int:
+    """A raw system call (the mount API has no libc wrappers here): its result, -1 with
+    ctypes' errno set on failure. Integers go as longs; bytes and ctypes refs as given."""
+    converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    return int(_libc.syscall(ctypes.c_long(number), *converted))
+
+
 def _syscall_fd(number: int, *args: object, what: str) -> int:
     """A system call returning an fd or 0; MountError naming ``what`` if it fails."""
-    converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    result = _libc.syscall(ctypes.c_long(number), *converted)
+    result = syscall(number, *args)
     if result < 0:
         err = ctypes.get_errno()
         raise MountError(f"{what}: {os.strerror(err)}")
-    return int(result)
+    return result
 
 
 def mount_with_fusermount(request: MountRequest) -> int:

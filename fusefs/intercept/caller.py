@@ -18,6 +18,7 @@ import os
 import socket
 import stat
 
+from fusefs.intercept.notify import identity
 from fusefs.mount import (
     AT_EMPTY_PATH,
     AT_FDCWD,
@@ -33,6 +34,7 @@ from fusefs.mount import (
     SYS_MOVE_MOUNT,
     SYS_OPEN_TREE,
     MountAttr,
+    syscall,
 )
 from fusefs.options import MountOptions, OptionError, parse_options, split_option_string
 
@@ -58,11 +60,11 @@ def may_mount(pid: int) -> bool:
     could not have mounted anything itself."""
     if not _effective_caps(pid) & (1 << CAP_SYS_ADMIN):
         return False
-    own = _identity(os.stat(f"/proc/{pid}/ns/user"))
+    own = identity(os.stat(f"/proc/{pid}/ns/user"))
     owner = _mount_namespace_owner(pid)
     while True:
         try:
-            if _identity(os.fstat(owner)) == own:
+            if identity(os.fstat(owner)) == own:
                 return True
             parent = fcntl.ioctl(owner, NS_GET_PARENT)
         except OSError:  # the top: the caller's user namespace is not above the owner
@@ -78,7 +80,7 @@ def mount_namespace_is_ours(pid: int) -> bool:
     nosuid). Otherwise the caller's namespace owns it, and so may the caller."""
     owner = _mount_namespace_owner(pid)
     try:
-        return _identity(os.fstat(owner)) == _identity(os.stat("/proc/self/ns/user"))
+        return identity(os.fstat(owner)) == identity(os.stat("/proc/self/ns/user"))
     finally:
         os.close(owner)
 
@@ -92,16 +94,8 @@ def _mount_namespace_owner(pid: int) -> int:
         os.close(mnt_ns)
 
 
-def _identity(info: os.stat_result) -> tuple[int, int]:
-    return info.st_dev, info.st_ino
-
-
 def _effective_caps(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
+    return int(_status(pid, "CapEff")[0], 16)
 
 
 def caller_options(pid: int, fs_type: str, items: list[str]) -> MountOptions:
@@ -245,7 +239,7 @@ def _helper(
             _reply_open(sock, os.fsdecode(source), os.fsdecode(target), fs_ids, groups)
         elif data == b"attach" and len(fds) == 2:
             flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
-            rc = _syscall(SYS_MOVE_MOUNT, fds[0], b"", fds[1], b"", flags)
+            rc = syscall(SYS_MOVE_MOUNT, fds[0], b"", fds[1], b"", flags)
             sock.send(b"0" if rc == 0 else str(ctypes.get_errno()).encode())
         elif data.startswith(b"cover\0") and len(fds) == 1:
             sock.send(str(_cover(data.split(b"\0", 1)[1], fds[0])).encode())
@@ -256,41 +250,29 @@ def _helper(
             os.close(fd)
 
 
-def _syscall(number: int, *args: int | bytes) -> int:
-    converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    return int(_libc.syscall(ctypes.c_long(number), *converted))
-
-
 def _cover(path: bytes, fd: int) -> int:
     """In the helper: a read-only bind of ``fd`` over ``path``; 0 or an errno."""
-    tree = _syscall(SYS_OPEN_TREE, fd, b"", OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH)
+    tree = syscall(SYS_OPEN_TREE, fd, b"", OPEN_TREE_CLONE | os.O_CLOEXEC | AT_EMPTY_PATH)
     if tree < 0:
         return ctypes.get_errno()
     try:
         attributes = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
         size = ctypes.sizeof(attributes)
-        rc = _libc.syscall(
-            ctypes.c_long(SYS_MOUNT_SETATTR),
-            ctypes.c_long(tree),
-            b"",
-            ctypes.c_long(AT_EMPTY_PATH),
-            ctypes.byref(attributes),
-            ctypes.c_long(size),
-        )
+        rc = syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attributes), size)
         if rc == 0:
-            rc = _syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH)
+            rc = syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH)
         return ctypes.get_errno() if rc else 0
     finally:
         os.close(tree)
 
 
-def _uncover(path: bytes, identity: tuple[int, int]) -> int:
-    """In the helper: unmount the bind at ``path`` if it is still of ``identity``."""
+def _uncover(path: bytes, wanted: tuple[int, int]) -> int:
+    """In the helper: unmount the bind at ``path`` if it is still of file ``wanted``."""
     try:
         info = os.stat(path)
     except OSError as exc:
         return exc.errno or errno.EIO
-    if (info.st_dev, info.st_ino) != identity:
+    if identity(info) != wanted:
         return 0
     return ctypes.get_errno() if _libc.umount2(path, MNT_DETACH) else 0
 
@@ -326,20 +308,19 @@ def _reply_open(
 
 
 def fs_ids(pid: int) -> tuple[int, int]:
-    """The caller's file-system uid and gid (host ids), from /proc/PID/status."""
-    uid = gid = 65534
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                uid = int(line.split()[4])
-            elif line.startswith("Gid:"):
-                gid = int(line.split()[4])
-    return uid, gid
+    """The caller's file-system uid and gid (host ids): the 4th of each list."""
+    return int(_status(pid, "Uid")[3]), int(_status(pid, "Gid")[3])
 
 
 def _groups(pid: int) -> list[int]:
+    return [int(g) for g in _status(pid, "Groups")]
+
+
+def _status(pid: int, field: str) -> list[str]:
+    """The values of ``field`` in /proc/PID/status (every process has the ones asked)."""
+    prefix = f"{field}:"
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("Groups:"):
-                return [int(g) for g in line.split()[1:]]
-    return []
+            if line.startswith(prefix):
+                return line.split()[1:]
+    raise CallRefused(errno.ESRCH, f"/proc/{pid}/status has no {field}")

@@ -42,6 +42,7 @@ from fusefs.intercept.caller import CallerView
 from fusefs.intercept.notify import (
     Call,
     file_identity,
+    identity,
     read_bytes,
     respond,
     take_fd,
@@ -132,9 +133,9 @@ def cover_loop_devices(scratch: str = "/tmp") -> dict[str, object]:
                 raise OSError(ctypes.get_errno(), f"covering {target}")
             info = os.stat(target)
             if name == "loop-control":
-                covered["control"] = [info.st_dev, info.st_ino]
+                covered["control"] = list(identity(info))
             else:
-                devices[int(name[4:])] = [info.st_dev, info.st_ino]
+                devices[int(name[4:])] = list(identity(info))
         covered["devices"] = devices
     finally:
         _libc.umount2(scratch.encode(), MNT_DETACH)
@@ -177,22 +178,22 @@ class LoopDevices:
 
     def answer(self, call: Call) -> None:
         """Answer a trapped loop ioctl: emulated on a stand-in, the kernel's otherwise."""
-        identity = file_identity(self.listener, call, call.args[0])
+        key = file_identity(self.listener, call, call.args[0])
         command = call.args[1] & 0xFFFFFFFF
-        number = None if identity is None else self.device_of(identity)
-        if identity is not None and identity == self.control:
+        number = None if key is None else self.device_of(key)
+        if key is not None and key == self.control:
             self.respond(call, self.on_control(call, command, call.args[2]))
         elif number is not None:
             self.respond(call, self.on_device(call, number, command))
         else:
             respond(self.listener, call.id, proceed=True)
 
-    def device_of(self, identity: tuple[int, int]) -> int | None:
+    def device_of(self, key: tuple[int, int]) -> int | None:
         """The emulated device an fd is open on: a stand-in, or (opened since it was
         attached) the image that covers /dev/loopN."""
-        if identity in self.devices:
-            return self.devices[identity]
-        found = [n for n, a in self.attached.items() if a.identity == identity]
+        if key in self.devices:
+            return self.devices[key]
+        found = [n for n, a in self.attached.items() if a.identity == key]
         return found[0] if len(found) == 1 else None
 
     def respond(self, call: Call, result: int) -> None:
@@ -274,7 +275,7 @@ class LoopDevices:
             os.close(image)
             return -errno.EINVAL
         info.lo_flags |= LO_FLAGS_READ_ONLY
-        attachment = Attachment(image, _identity(os.fstat(image)), info)
+        attachment = Attachment(image, identity(os.fstat(image)), info)
         if number in self.attached:  # a freed autoclear attachment: lift its bind first
             self.detach(call, number)
         with CallerView(call.pid) as view:
@@ -301,10 +302,10 @@ class LoopDevices:
         finally:
             os.close(attachment.image)
 
-    def attachment_of(self, identity: tuple[int, int]) -> Attachment | None:
+    def attachment_of(self, key: tuple[int, int]) -> Attachment | None:
         """The attachment of the image with this device and inode, the latest if several
         (a mount of /dev/loopN opens the image itself, through the bind)."""
-        found = [a for a in self.attached.values() if a.identity == identity]
+        found = [a for a in self.attached.values() if a.identity == key]
         return found[-1] if found else None
 
     def mounted(self, attachment: Attachment) -> None:
@@ -328,7 +329,3 @@ class LoopDevices:
 def _size_of(fd: int) -> int:
     """A regular file's size, or a block device's (its end, by lseek)."""
     return os.lseek(fd, 0, os.SEEK_END)
-
-
-def _identity(info: os.stat_result) -> tuple[int, int]:
-    return info.st_dev, info.st_ino

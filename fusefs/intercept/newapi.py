@@ -31,7 +31,14 @@ import os
 from dataclasses import dataclass, field
 
 from fusefs.intercept.loop import Attachment
-from fusefs.intercept.notify import Call, NotifyError, answer_with_fd, file_identity, read_string
+from fusefs.intercept.notify import (
+    Call,
+    NotifyError,
+    answer_with_fd,
+    file_identity,
+    identity,
+    read_string,
+)
 from fusefs.launch import DriverProcess, abandon
 
 log = logging.getLogger("pyfsmount.intercept")
@@ -114,7 +121,7 @@ class FsContexts:
             raise
         finally:
             os.close(theirs)
-        self.open[(info.st_dev, info.st_ino)] = context
+        self.open[identity(info)] = context
         log.info("pid %d: fsopen(%r) = %d: an emulated context", call.pid, fs_type, number)
 
     def find(self, call: Call) -> FsContext | None:

@@ -170,6 +170,11 @@ def _add_fd(listener: int, call_id: int, fd: int, flags: int, number: int, cloex
     return int(result)
 
 
+def identity(info: os.stat_result) -> tuple[int, int]:
+    """(device, inode): which file a stat result is of, whatever path or fd led to it."""
+    return info.st_dev, info.st_ino
+
+
 def file_identity(listener: int, call: Call, fd: int) -> tuple[int, int] | None:
     """(device, inode) of the file behind the caller's ``fd``; None if it has no such fd.
 
@@ -184,7 +189,7 @@ def file_identity(listener: int, call: Call, fd: int) -> tuple[int, int] | None:
     except OSError:
         info = None
     ensure_waiting(listener, call)
-    return None if info is None else (info.st_dev, info.st_ino)
+    return None if info is None else identity(info)
 
 
 def read_string(listener: int, call: Call, address: int, limit: int = 4096) -> str | None:

@@ -46,6 +46,7 @@ from fusefs.intercept.notify import (
     Call,
     NotifyError,
     ensure_waiting,
+    identity,
     read_string,
     receive,
     replace_fd,
@@ -285,7 +286,7 @@ class Supervisor:
         if self.loops is None:
             return None
         info = os.fstat(image_fd)
-        attachment = self.loops.attachment_of((info.st_dev, info.st_ino))
+        attachment = self.loops.attachment_of(identity(info))
         if attachment is not None:
             options.offset = attachment.info.lo_offset
         return attachment
