@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import shutil
 import socket
@@ -26,7 +25,8 @@ FS_SUBTYPE = "pyfsmount"
 MNT_DETACH = 2
 CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+#: glibc by its soname: ctypes.util.find_library would run ldconfig on every start.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 

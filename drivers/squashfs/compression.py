@@ -149,6 +149,15 @@ def _zstd_decoder(window: int) -> Decompress:
     return decompress
 
 
+def _load_lzo2() -> ctypes.CDLL:
+    """liblzo2 by its soname; ctypes.util.find_library (which runs ldconfig, a few ms
+    of every driver start) only where the soname is not found."""
+    try:
+        return ctypes.CDLL("liblzo2.so.2")
+    except OSError:
+        return ctypes.CDLL(ctypes.util.find_library("lzo2") or "liblzo2.so.2")
+
+
 class _Lzo:
     """liblzo2's safe LZO1X decompressor, loaded once at import (None if unavailable)."""
 
@@ -158,7 +167,7 @@ class _Lzo:
         self.function: Callable[..., int] | None = None
         self.missing = ""
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("lzo2") or "liblzo2.so.2")
+            lib = _load_lzo2()
             init = getattr(lib, "__lzo_init_v2")  # a literal would be name-mangled here
         except (OSError, AttributeError) as exc:
             self.missing = f"liblzo2 cannot be loaded ({exc})"
