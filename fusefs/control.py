@@ -8,11 +8,36 @@ only what this module parses: a message is a JSON object, nothing else.
 from __future__ import annotations
 
 import json
+import select
 import socket
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 4
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+Watched = TypeVar("Watched", int, socket.socket, _HasFileno)
+
+
+def wait_readable(watched: Sequence[Watched], timeout: float | None = None) -> list[Watched]:
+    """Those of ``watched`` (descriptors, or objects with ``fileno()``) that are readable
+    or hung up, waiting up to ``timeout`` seconds (None: for ever).
+
+    poll(2), not select(2): a broker or template holding a few descriptors per mount
+    passes descriptor 1024 (FD_SETSIZE) within a few hundred mounts, where
+    ``select.select`` fails.
+    """
+    by_fd = {item if isinstance(item, int) else item.fileno(): item for item in watched}
+    poller = select.poll()
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    events = poller.poll(None if timeout is None else timeout * 1000)
+    return [by_fd[fd] for fd, _ in events]
 
 
 class ControlError(Exception):

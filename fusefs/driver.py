@@ -120,7 +120,11 @@ def report_listing(control: socket.socket, image_fd: int, config: dict[str, Any]
     return EXIT_OK
 
 
-def run(control: socket.socket, image_fd: int, forked_by_template: bool = False) -> int:
+def run(
+    control: socket.socket, image_fd: int, forked_by_template: bool = False, pid_one: bool = False
+) -> int:
+    """Be the driver: confine, open the volume, serve.  ``pid_one``: the template made
+    this process pid 1 of a pid namespace of its own (fusefs.sandbox.fork_as_pid_one)."""
     config, _ = recv_message(control)
     setup_logging(bool(config.get("debug")))
     if forked_by_template and not config.get("sandbox", True):
@@ -134,7 +138,7 @@ def run(control: socket.socket, image_fd: int, forked_by_template: bool = False)
         try:
             limits = SandboxLimits(max_memory=int(config.get("max_memory") or 512 * 2**20))
             kept = {0, 1, 2, image_fd, control.fileno()}
-            confine(kept if direct_fd is None else kept | {direct_fd}, limits)
+            confine(kept if direct_fd is None else kept | {direct_fd}, limits, pid_one)
             # In the process that serves (confine forks, and a fork has no timers), and
             # before the seccomp filter: setitimer is not on the allowlist.
             watchdog.arm()
@@ -184,11 +188,13 @@ def main() -> None:
     serve_and_exit(control_fd, image_fd)
 
 
-def serve_and_exit(control_fd: int, image_fd: int, forked_by_template: bool = False) -> None:
+def serve_and_exit(
+    control_fd: int, image_fd: int, forked_by_template: bool = False, pid_one: bool = False
+) -> None:
     """Be the driver of one mount, then exit the process (never returns)."""
     control = socket.socket(fileno=control_fd)
     try:
-        code = run(control, image_fd, forked_by_template)
+        code = run(control, image_fd, forked_by_template, pid_one)
     except ControlError as exc:
         print(f"pyfsmount driver: {exc}", file=sys.stderr)
         code = EXIT_BUG

@@ -21,7 +21,9 @@ and nothing else.  What each step does and why is in SECURITY.md.
    launcher creates the FUSE mount, so the driver's namespace never holds a copy of it.
 4. Forks: the child is pid 1 of the new pid namespace and returns to the caller; the
    parent waits for it (forwarding SIGTERM/SIGINT/SIGHUP) and exits as it did.  The
-   parent is confined like the child, with an even smaller seccomp filter.
+   parent is confined like the child, with an even smaller seccomp filter.  (Not with
+   ``pid_one``: a process made pid 1 of its own pid namespace by a parent that waits
+   for it, :func:`fork_as_pid_one`, needs no fork and no waiter.)
 5. Drops every capability (effective, permitted, inheritable, bounding, ambient),
    locks the securebits, sets no_new_privs.
 6. Closes every fd but ``keep_fds``.
@@ -123,6 +125,7 @@ PR_SET_DUMPABLE = 4
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
@@ -326,9 +329,9 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _unshare() -> None:
+def _unshare(namespaces: int = NAMESPACES) -> None:
     uid, gid = os.geteuid(), os.getegid()
-    rc = _libc().unshare(NAMESPACES)
+    rc = _libc().unshare(namespaces)
     if rc < 0:
         err = ctypes.get_errno()
         hint = ""
@@ -462,12 +465,7 @@ def _fork_into_pid_namespace(
         except BlockingIOError:
             pass
         os.close(alive_r)
-        # As pid 1, a signal with the default action is dropped: give the forwarded ones
-        # a handler that exits as their default action would (SIGINT keeps Python's
-        # KeyboardInterrupt, whose exit the parent understands).
-        for fatal in (signal.SIGTERM, signal.SIGHUP):
-            if signal.getsignal(fatal) == signal.SIG_DFL:
-                signal.signal(fatal, _exit_on_signal)
+        _handle_fatal_signals_as_pid_one()
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return
     os.close(alive_r)
@@ -481,8 +479,66 @@ def _fork_into_pid_namespace(
         os._exit(70)
 
 
+def _handle_fatal_signals_as_pid_one() -> None:
+    """As pid 1, a signal with the default action is dropped: give the forwarded ones a
+    handler that exits as their default action would (SIGINT keeps Python's
+    KeyboardInterrupt, whose exit the parent understands)."""
+    for fatal in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(fatal) == signal.SIG_DFL:
+            signal.signal(fatal, _exit_on_signal)
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     os._exit(128 + signum)
+
+
+def fork_as_pid_one() -> int:
+    """Fork a child that is pid 1 of a new pid namespace of its own: 0 in the child, its
+    pid in the caller, which becomes a child subreaper to reap it.
+
+    For a parent that waits for its children itself (the driver template): the child
+    then confines itself with ``confine(..., pid_one=True)`` and needs no waiting
+    parent inside the sandbox, a second copy of the interpreter's written pages (3 MiB
+    private per mount, benchmarks/RESULTS.md).  The namespace is made by a short-lived
+    intermediate process (a process cannot enter a new pid namespace itself, and
+    ``unshare(CLONE_NEWPID)`` works once per process); the child is orphaned at once
+    and reparented to the caller.  Needs CAP_SYS_ADMIN (the template runs as root).
+    """
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, what="PR_SET_CHILD_SUBREAPER")
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        intermediate = os.fork()
+    except OSError as exc:
+        os.close(report_r)
+        os.close(report_w)
+        raise SandboxError(f"fork: {exc.strerror}") from None
+    if intermediate == 0:
+        os.close(report_r)
+        _as_intermediate(report_w)  # returns only in the new pid 1
+        return 0
+    os.close(report_w)
+    with os.fdopen(report_r, "rb") as report:
+        answer = report.read()
+    os.waitpid(intermediate, 0)
+    if not answer.isdigit():
+        raise SandboxError(answer.decode(errors="replace") or "the intermediate process died")
+    return int(answer)
+
+
+def _as_intermediate(report_w: int) -> None:
+    """In the intermediate: unshare the pid namespace, fork its pid 1, report the pid and
+    exit; returns only in that child."""
+    try:
+        _check(_libc().unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        child = os.fork()
+    except (SandboxError, OSError) as exc:
+        os.write(report_w, str(exc).encode())
+        os._exit(1)
+    if child == 0:
+        os.close(report_w)
+        return
+    os.write(report_w, str(child).encode())
+    os._exit(0)
 
 
 def _wait_for(
@@ -518,15 +574,21 @@ def _wait_for(
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             break
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGSYS:
-            os.write(2, f"pyfsmount sandbox: driver (pid {child}) killed by seccomp "
-                        "(SIGSYS)\n".encode())
-        _die_by(sig)
+        report_seccomp_kill(2, child, status)
+        _die_by(os.WTERMSIG(status))
     code = os.WEXITSTATUS(status)
     if code > 128 and code - 128 in forwarded:
         _die_by(code - 128)
     os._exit(code)
+
+
+def report_seccomp_kill(log_fd: int, pid: int, status: int) -> None:
+    """If wait ``status`` says driver ``pid`` was killed by seccomp, say so on ``log_fd``
+    (the launcher then finds the syscall: :func:`driver_killed_by`)."""
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+        with contextlib.suppress(OSError):
+            os.write(log_fd, f"pyfsmount sandbox: driver (pid {pid}) killed by seccomp "
+                             "(SIGSYS)\n".encode())
 
 
 def _die_by(sig: int) -> None:
@@ -541,21 +603,33 @@ def _die_by(sig: int) -> None:
 # --- the API -----------------------------------------------------------------------------
 
 
-def confine(keep_fds: Collection[int], limits: SandboxLimits) -> None:
+def confine(keep_fds: Collection[int], limits: SandboxLimits, pid_one: bool = False) -> None:
     """Confine the calling process (see the module docstring); returns in the process
-    that must go on serving.  Raises SandboxError if a step fails."""
+    that must go on serving.  Raises SandboxError if a step fails.
+
+    With ``pid_one`` the caller is already pid 1 of a pid namespace of its own, made by
+    a parent that reaps it (:func:`fork_as_pid_one`): no other pid namespace is made
+    and no waiting parent forked (step 4).
+    """
     keep = frozenset(keep_fds)
     _check_fds(keep)
     _check_single_threaded()
+    if pid_one and os.getpid() != 1:
+        raise SandboxError(f"not pid 1 of a pid namespace of its own (pid {os.getpid()})")
     preload()
     cap_last = _cap_last_cap()
     started_as_root = os.geteuid() == 0
     if started_as_root:
         _become_nobody()
-    _unshare()
-    _empty_root()
-    _fork_into_pid_namespace(limits, cap_last, nondumpable=started_as_root)
-    # The child: pid 1 of the new pid namespace.
+    if pid_one:
+        _unshare(NAMESPACES & ~CLONE_NEWPID)
+        _empty_root()
+        _handle_fatal_signals_as_pid_one()
+    else:
+        _unshare()
+        _empty_root()
+        _fork_into_pid_namespace(limits, cap_last, nondumpable=started_as_root)
+    # The serving process: pid 1 of its pid namespace.
     _drop_privileges(cap_last)
     if started_as_root:
         # Keep host processes that also run as nobody from ptracing us.

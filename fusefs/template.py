@@ -6,7 +6,10 @@ template pays that once: it imports what a driver needs (the same list the sandb
 preloads), freezes the garbage collector's view of it (so children share those pages
 instead of dirtying them), and then forks.  Each child is exactly what ``python -m
 fusefs.driver`` would have been: it runs :func:`fusefs.driver.run`, enters the sandbox
-itself and talks to its launcher over its own control socket.
+itself and talks to its launcher over its own control socket.  Where the template may
+(root), each driver is forked as pid 1 of a pid namespace of its own and the template
+waits for it itself (:func:`fusefs.sandbox.fork_as_pid_one`): the driver then needs no
+waiting parent in the sandbox, which would hold a second copy of its written pages.
 
 Only the process that started the template can ask it for drivers: requests arrive on
 a private socketpair (the *line*), never on a path.  Each request brings a fresh
@@ -32,7 +35,7 @@ import contextlib
 import gc
 import logging
 import os
-import select
+import resource
 import signal
 import socket
 import subprocess
@@ -40,7 +43,14 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from fusefs.control import ControlError, control_pair, recv_message, send_message
+from fusefs.control import (
+    ControlError,
+    control_pair,
+    recv_message,
+    send_message,
+    wait_readable,
+)
+from fusefs.sandbox import SandboxError, fork_as_pid_one, report_seccomp_kill
 
 log = logging.getLogger("pyfsmount")
 
@@ -54,10 +64,12 @@ EXIT_UNKNOWN = 1
 
 @dataclass
 class _Running:
-    """A forked driver and the channel its launcher waits on."""
+    """A forked driver, the channel its launcher waits on, and (while the template is
+    the driver's only parent) the write end of its log, to report a seccomp kill on."""
 
     channel: socket.socket
     pidfd: int
+    log_fd: int | None = None
 
 
 @dataclass
@@ -65,6 +77,9 @@ class _TemplateServer:
     line: socket.socket
     running: dict[int, _Running] = field(default_factory=dict)
     channels: dict[int, socket.socket] = field(default_factory=dict)
+    #: Whether drivers are forked as pid 1 of pid namespaces the template makes (it
+    #: needs CAP_SYS_ADMIN); if not, each makes its own, with a waiting parent.
+    pid_namespaces: bool = True
 
     def serve(self) -> None:
         """Answer requests until the line closes; report every child's end."""
@@ -85,7 +100,7 @@ class _TemplateServer:
     def serve_once(self, wake: socket.socket) -> bool:
         watched = [self.line, wake, *self.channels.values()]
         try:
-            readable, _, _ = select.select(watched, [], [])
+            readable = wait_readable(watched)
         except InterruptedError:
             readable = []
         for sock in readable:
@@ -126,15 +141,36 @@ class _TemplateServer:
             channel.close()
             return
         control_fd, image_fd, log_fd = fds
-        pid = os.fork()
+        try:
+            pid, pid_one = self.fork_driver()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                send_message(channel, {"error": f"fork: {exc.strerror}"})
+            channel.close()
+            return
         if pid == 0:
-            _become_driver(control_fd, image_fd, log_fd)
-        for fd in fds:
-            os.close(fd)
+            _become_driver(control_fd, image_fd, log_fd, pid_one)
+        os.close(control_fd)
+        os.close(image_fd)
+        if not pid_one:  # the driver's own waiter reports a seccomp kill
+            os.close(log_fd)
         pidfd = os.pidfd_open(pid)
-        self.running[pid] = _Running(channel, pidfd)
+        self.running[pid] = _Running(channel, pidfd, log_fd if pid_one else None)
         with contextlib.suppress(OSError):  # if the launcher left, so will the driver
             send_message(channel, {"pid": pid}, [pidfd])
+
+    def fork_driver(self) -> tuple[int, bool]:
+        """Fork a driver (0 in the child, its pid here) and say whether it is pid 1 of a
+        pid namespace of its own, with the template as its parent (fork_as_pid_one)."""
+        if self.pid_namespaces:
+            try:
+                return fork_as_pid_one(), True
+            except SandboxError as exc:
+                log.warning("%s: drivers make their own pid namespaces from now on", exc)
+                self.pid_namespaces = False
+        return os.fork(), False
 
     def reap(self) -> None:
         while self.running:
@@ -148,13 +184,18 @@ class _TemplateServer:
             if child is None:
                 continue
             os.close(child.pidfd)
+            if child.log_fd is not None:
+                report_seccomp_kill(child.log_fd, pid, status)
+                os.close(child.log_fd)
             with contextlib.suppress(OSError):
                 send_message(child.channel, {"exit": os.waitstatus_to_exitcode(status)})
             child.channel.close()
 
 
-def _become_driver(control_fd: int, image_fd: int, log_fd: int) -> None:
-    """In the forked child: become what ``python -m fusefs.driver`` would be, never return."""
+def _become_driver(control_fd: int, image_fd: int, log_fd: int, pid_one: bool) -> None:
+    """In the forked child: become what ``python -m fusefs.driver`` would be, never return.
+
+    ``pid_one``: it is pid 1 of a pid namespace of its own already (fork_driver)."""
     code = 70
     try:
         signal.set_wakeup_fd(-1)
@@ -171,7 +212,7 @@ def _become_driver(control_fd: int, image_fd: int, log_fd: int) -> None:
         gc.unfreeze()
         from fusefs.driver import serve_and_exit
 
-        serve_and_exit(control_fd, image_fd, forked_by_template=True)
+        serve_and_exit(control_fd, image_fd, forked_by_template=True, pid_one=pid_one)
     finally:
         os._exit(code)
 
@@ -184,9 +225,23 @@ def _close_all_but(keep: set[int]) -> None:
                 os.close(fd)
 
 
+def raise_descriptor_limit() -> None:
+    """Lift the soft limit on open descriptors to the hard one.
+
+    Resident processes hold a few descriptors per mount: a broker its drivers' control
+    sockets, log pipes, template channels and pidfds; the template a channel, a pidfd
+    and a log pipe per driver.  systemd's default soft limit of 1,024 would end a
+    broker near 250 mounts.  (Drivers set their own limit when confined.)
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main() -> None:
     """``python -m fusefs.template LINE_FD``: prepare, then serve the line."""
     line = socket.socket(fileno=int(sys.argv[1]))
+    raise_descriptor_limit()
     from fusefs import driver  # noqa: F401  (pyfuse3, trio, the daemon)
     from fusefs.sandbox import precompile_seccomp, preload
 
@@ -234,7 +289,7 @@ class TemplateDriver:
         with self._lock:
             if self.returncode is not None:
                 return self.returncode
-            ready, _, _ = select.select([self.channel.fileno(), self.pidfd], [], [], timeout)
+            ready = wait_readable([self.channel.fileno(), self.pidfd], timeout)
             if not ready:
                 return None
             if self.channel.fileno() in ready:
@@ -252,7 +307,7 @@ class TemplateDriver:
             return code
 
     def _collect_exit_message(self) -> int:
-        ready, _, _ = select.select([self.channel], [], [], 5.0)
+        ready = wait_readable([self.channel], 5.0)
         if not ready:
             return EXIT_UNKNOWN
         try:
@@ -263,7 +318,7 @@ class TemplateDriver:
 
     def _wait_orphan(self) -> int:
         """The template is gone: wait for the driver's end by its pidfd; no code to read."""
-        select.select([self.pidfd], [], [])
+        wait_readable([self.pidfd])
         return EXIT_UNKNOWN
 
 

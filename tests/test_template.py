@@ -8,6 +8,7 @@ safe.
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,14 +77,55 @@ def test_a_forked_driver_is_confined_like_any_other(template: Template, mountpoi
     mount = make_mount(str(SAMPLE_IMAGE), str(mountpoint), options, template=template)
     thread, codes = serve_in_background(mount)
     os.listdir(mountpoint)
-    # The forked process waits in the sandbox's outer layer; its child serves.
-    forked = mount.driver.process.pid
-    (serving,) = [pid for pid in template_processes() if status_fields(pid)["PPid"] == str(forked)]
+    # The template made the driver pid 1 of a pid namespace of its own and waits for it
+    # itself: the forked process serves, with no waiting parent inside the sandbox.
+    serving = mount.driver.process.pid
+    status = status_fields(serving)
+    assert status["NSpid"].split() == [str(serving), "1"]
+    assert status["PPid"] == str(template.process.pid)
+    assert [pid for pid in template_processes() if status_fields(pid)["PPid"] == str(serving)] == []
     assert_confined(serving, address_space=314572800)
     fds = os.listdir(f"/proc/{serving}/fd")
     held = sorted(t for t in (os.readlink(f"/proc/{serving}/fd/{fd}") for fd in fds) if t[0] == "/")
     assert held == sorted([str(SAMPLE_IMAGE)] * 2 + ["/dev/fuse", "/dev/null", "/dev/null"])
     assert unmount_and_collect(mount, thread, codes) == 0
+
+
+def test_a_forked_driver_killed_by_seccomp_is_reported_with_its_syscall(
+    mountpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = mountpoint.parent / "executed"
+    monkeypatch.setenv("PYFSMOUNT_TEST_PAYLOAD", "execve_sh")  # run by every driver it forks
+    monkeypatch.setenv("PYFSMOUNT_TEST_MARKER", str(marker))
+    with (
+        Template() as template,
+        pytest.raises(LaunchError, match="killed by seccomp: syscall execve"),
+    ):
+        make_mount(str(SAMPLE_IMAGE), str(mountpoint), parse_options([]), template=template)
+    assert not marker.exists()
+    assert mounted_fs_type(mountpoint) is None
+    wait_for(lambda: not template_processes(), what="the template to exit")
+
+
+def test_a_launcher_holding_descriptors_past_1024_still_mounts_and_collects(
+    template: Template, mountpoint: Path
+) -> None:
+    # A broker holds a few descriptors per mount: past a few hundred mounts its new ones
+    # are numbered above FD_SETSIZE (1024), which select(2) cannot watch.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), max(hard, 1200)))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        mount = make_mount(str(SAMPLE_IMAGE), str(mountpoint), parse_options([]), template=template)
+        assert mount.driver.control.fileno() > 1024
+        thread, codes = serve_in_background(mount)
+        assert (mountpoint / "README.txt").read_bytes().startswith(README_TEXT)
+        assert unmount_and_collect(mount, thread, codes) == 0
+        mount.driver.control.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_an_unconfined_driver_is_refused(template: Template, mountpoint: Path) -> None:

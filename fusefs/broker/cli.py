@@ -14,7 +14,7 @@ from types import FrameType
 from fusefs.broker.client import DEFAULT_SOCKET, BrokerClient, BrokerError
 from fusefs.broker.policy import PolicyError, load_policy
 from fusefs.broker.service import Broker
-from fusefs.template import Template, TemplateError
+from fusefs.template import Template, TemplateError, raise_descriptor_limit
 
 log = logging.getLogger("pyfsmount.broker")
 
@@ -70,6 +70,7 @@ def serve_command(argv: list[str]) -> int:
     except PolicyError as exc:
         print(f"pyfsmount-broker: policy: {exc}", file=sys.stderr)
         return 1
+    raise_descriptor_limit()
     try:
         listener = inherited_listener() or bind_listener(args.socket)
     except OSError as exc:

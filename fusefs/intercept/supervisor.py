@@ -28,11 +28,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fusefs.control import wait_readable
 from fusefs.intercept.caller import (
     CallerView,
     CallRefused,
@@ -94,7 +94,7 @@ class Supervisor:
         try:
             while True:
                 watched = [self.listener, *self.contexts.stand_ins()]
-                ready, _, _ = select.select(watched, [], [], 0.2)
+                ready = wait_readable(watched, 0.2)
                 for fd in ready:
                     if fd != self.listener:
                         self.contexts.hung_up(fd)
