@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import os
 import sys
 from typing import Any, NoReturn
 
-from fusefs.broker.client import DEFAULT_SOCKET, BrokerClient, BrokerError
+from fusefs.broker import DEFAULT_SOCKET
 from fusefs.launch import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -180,6 +179,8 @@ def setup_terminal_logging(level: int) -> None:
 
 def switch_to_syslog() -> None:
     """A daemon has no terminal: log to syslog when there is one, else nowhere."""
+    import logging.handlers  # here, not at the top: every mount's start waits for imports
+
     handlers: list[logging.Handler] = []
     if os.path.exists("/dev/log"):
         try:
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 def mount_via_broker(socket_path: str, image: str, target: str, options: MountOptions) -> int:
     """``--broker``: send the open image and the directory to the broker."""
+    from fusefs.broker.client import BrokerClient, BrokerError
+
     parameters = {
         "type": options.fs_type,
         "offset": options.offset or None,

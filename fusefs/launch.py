@@ -38,8 +38,7 @@ from fusefs.mount import (
     unmount,
 )
 from fusefs.options import MountOptions
-from fusefs.sandbox import driver_killed_by
-from fusefs.template import Template, TemplateError
+from fusefs.template import Template, TemplateError, module_command
 
 log = logging.getLogger("pyfsmount")
 
@@ -161,7 +160,7 @@ def start_driver(
                     raise LaunchError(str(exc)) from None
             else:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "fusefs.driver", str(theirs.fileno()), str(image_fd)],
+                    module_command("fusefs.driver", str(theirs.fileno()), str(image_fd)),
                     pass_fds=(theirs.fileno(), image_fd),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
@@ -227,6 +226,8 @@ def await_verdict(driver: DriverProcess) -> dict[str, object]:
 def describe_exit(code: int, seccomp_victim: int | None = None) -> str:
     """``exit status 2``, ``killed by SIGKILL``, ``killed by seccomp: syscall ptrace``."""
     if code == -signal.SIGSYS and seccomp_victim is not None:
+        from fusefs.sandbox import driver_killed_by  # rarely needed; imports take start time
+
         name = driver_killed_by(seccomp_victim)
         return f"killed by seccomp: syscall {name or 'unknown (kernel log not readable)'}"
     if code < 0:

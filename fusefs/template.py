@@ -50,7 +50,6 @@ from fusefs.control import (
     send_message,
     wait_readable,
 )
-from fusefs.sandbox import SandboxError, fork_as_pid_one, report_seccomp_kill
 
 log = logging.getLogger("pyfsmount")
 
@@ -164,10 +163,12 @@ class _TemplateServer:
     def fork_driver(self) -> tuple[int, bool]:
         """Fork a driver (0 in the child, its pid here) and say whether it is pid 1 of a
         pid namespace of its own, with the template as its parent (fork_as_pid_one)."""
+        from fusefs import sandbox  # the template's side only: launchers need not load it
+
         if self.pid_namespaces:
             try:
-                return fork_as_pid_one(), True
-            except SandboxError as exc:
+                return sandbox.fork_as_pid_one(), True
+            except sandbox.SandboxError as exc:
                 log.warning("%s: drivers make their own pid namespaces from now on", exc)
                 self.pid_namespaces = False
         return os.fork(), False
@@ -185,7 +186,9 @@ class _TemplateServer:
                 continue
             os.close(child.pidfd)
             if child.log_fd is not None:
-                report_seccomp_kill(child.log_fd, pid, status)
+                from fusefs import sandbox
+
+                sandbox.report_seccomp_kill(child.log_fd, pid, status)
                 os.close(child.log_fd)
             with contextlib.suppress(OSError):
                 send_message(child.channel, {"exit": os.waitstatus_to_exitcode(status)})
@@ -242,11 +245,10 @@ def main() -> None:
     """``python -m fusefs.template LINE_FD``: prepare, then serve the line."""
     line = socket.socket(fileno=int(sys.argv[1]))
     raise_descriptor_limit()
-    from fusefs import driver  # noqa: F401  (pyfuse3, trio, the daemon)
-    from fusefs.sandbox import precompile_seccomp, preload
+    from fusefs import driver, sandbox  # noqa: F401  (pyfuse3, trio, the daemon)
 
-    preload()
-    precompile_seccomp()
+    sandbox.preload()
+    sandbox.precompile_seccomp()
     gc.collect()
     gc.freeze()  # children share the imported objects' pages instead of copying them
     send_message(line, {"ready": True})
@@ -329,7 +331,7 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "fusefs.template", str(theirs.fileno())],
+                module_command("fusefs.template", str(theirs.fileno())),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -379,6 +381,16 @@ class Template:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """``python -P -m MODULE ARGS``: this interpreter running one of our modules.
+
+    ``-P``: plain ``-m`` puts the working directory first on sys.path, so root running
+    ``pyfsmount`` in a directory another user can write (/tmp, a home directory) would
+    import that user's ``fusefs/driver.py`` as root, before any confinement.
+    """
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def _template_environment() -> dict[str, str]:

@@ -135,6 +135,26 @@ def run_pyfsmount(
     )
 
 
+def payload_env(payload: str, **more: str) -> dict[str, str]:
+    """The environment that makes every driver run ``payload`` of tests/sandbox_payloads.py.
+
+    Drivers start with ``python -P``: the working directory is not on their sys.path, so
+    the project (where ``tests`` lives, uninstalled) is named in PYTHONPATH.
+    """
+    return {"PYFSMOUNT_TEST_PAYLOAD": payload, "PYTHONPATH": str(PROJECT), **more}
+
+
+def poisoned_directory(root: Path) -> tuple[Path, Path]:
+    """(directory, marker): a directory holding a ``fusefs`` package of someone else's,
+    which leaves ``marker`` behind if any process imports it."""
+    directory, marker = root / "poisoned", root / "poisoned-imported"
+    (directory / "fusefs").mkdir(parents=True)
+    payload = f"open({str(marker)!r}, 'w').close()\nraise SystemExit(99)\n"
+    for module in ("__init__.py", "driver.py", "template.py"):
+        (directory / "fusefs" / module).write_text(payload)
+    return directory, marker
+
+
 def mount_image(
     image: str | os.PathLike[str], target: str | os.PathLike[str], *options: str
 ) -> subprocess.CompletedProcess[str]:

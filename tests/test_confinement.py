@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.launcher import (
@@ -18,7 +20,9 @@ from tests.launcher import (
     mount_image,
     mounted_fs_type,
     mountpoint,
+    payload_env,
     pids_mentioning,
+    poisoned_directory,
     run_pyfsmount,
 )
 
@@ -106,12 +110,26 @@ def test_the_serving_driver_holds_only_its_image_and_channels(mountpoint: Path) 
     assert os.listdir(f"/proc/{pid}/root") == []
 
 
+def test_the_driver_imports_nothing_from_the_working_directory(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    # Root running pyfsmount in a directory another user can write (/tmp, a home): a
+    # fusefs/driver.py there must not run as root. The launcher is started as its console
+    # script starts (-P: its own directory, not the working one, on sys.path).
+    directory, marker = poisoned_directory(tmp_path)
+    command = [sys.executable, "-P", "-m", "fusefs", str(SAMPLE_IMAGE), str(mountpoint)]
+    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    assert (mountpoint / "README.txt").exists()
+
+
 def test_an_attack_inside_the_driver_is_killed_and_reported(mountpoint: Path) -> None:
     marker = mountpoint.parent / "executed"
     result = run_pyfsmount(
         str(SAMPLE_IMAGE),
         str(mountpoint),
-        env={"PYFSMOUNT_TEST_PAYLOAD": "execve_sh", "PYFSMOUNT_TEST_MARKER": str(marker)},
+        env=payload_env("execve_sh", PYFSMOUNT_TEST_MARKER=str(marker)),
     )
     assert result.returncode == 32
     assert "killed by seccomp" in result.stderr and "execve" in result.stderr, result.stderr
@@ -121,9 +139,7 @@ def test_an_attack_inside_the_driver_is_killed_and_reported(mountpoint: Path) ->
 
 
 def test_opening_a_host_file_inside_the_driver_fails(mountpoint: Path) -> None:
-    result = run_pyfsmount(
-        str(SAMPLE_IMAGE), str(mountpoint), env={"PYFSMOUNT_TEST_PAYLOAD": "open_etc_passwd"}
-    )
+    result = run_pyfsmount(str(SAMPLE_IMAGE), str(mountpoint), env=payload_env("open_etc_passwd"))
     assert result.returncode == 32
     assert '"open": "EACCES"' in result.stderr, result.stderr
     assert mounted_fs_type(mountpoint) is None
@@ -149,7 +165,7 @@ def test_a_memory_bomb_ends_at_the_budget_and_other_mounts_keep_serving(
             "max_memory=256M",
             str(SAMPLE_IMAGE),
             str(bombed),
-            env={"PYFSMOUNT_TEST_PAYLOAD": "memory_bomb"},
+            env=payload_env("memory_bomb"),
         )
         assert bomb.returncode == 32
         allocated = re.search(r'"allocated_mib": (\d+)', bomb.stderr)

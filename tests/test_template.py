@@ -18,7 +18,15 @@ import pytest
 from fusefs.launch import LaunchError, Mount, make_mount
 from fusefs.options import parse_options
 from fusefs.template import Template
-from tests.launcher import SAMPLE_IMAGE, mounted_fs_type, mountpoint, pids_running, wait_for
+from tests.launcher import (
+    SAMPLE_IMAGE,
+    mounted_fs_type,
+    mountpoint,
+    payload_env,
+    pids_running,
+    poisoned_directory,
+    wait_for,
+)
 from tests.test_confinement import assert_confined, status_fields
 
 __all__ = ["mountpoint"]
@@ -95,8 +103,8 @@ def test_a_forked_driver_killed_by_seccomp_is_reported_with_its_syscall(
     mountpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = mountpoint.parent / "executed"
-    monkeypatch.setenv("PYFSMOUNT_TEST_PAYLOAD", "execve_sh")  # run by every driver it forks
-    monkeypatch.setenv("PYFSMOUNT_TEST_MARKER", str(marker))
+    for name, value in payload_env("execve_sh", PYFSMOUNT_TEST_MARKER=str(marker)).items():
+        monkeypatch.setenv(name, value)  # read by the template, run by every driver it forks
     with (
         Template() as template,
         pytest.raises(LaunchError, match="killed by seccomp: syscall execve"),
@@ -126,6 +134,20 @@ def test_a_launcher_holding_descriptors_past_1024_still_mounts_and_collects(
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_template_imports_nothing_from_the_working_directory(
+    mountpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, marker = poisoned_directory(tmp_path)
+    monkeypatch.chdir(directory)
+    with Template() as template:
+        mount = make_mount(str(SAMPLE_IMAGE), str(mountpoint), parse_options([]), template=template)
+        thread, codes = serve_in_background(mount)
+        assert (mountpoint / "README.txt").read_bytes().startswith(README_TEXT)
+        assert unmount_and_collect(mount, thread, codes) == 0
+        mount.driver.control.close()
+    assert not marker.exists()
 
 
 def test_an_unconfined_driver_is_refused(template: Template, mountpoint: Path) -> None:

@@ -11,3 +11,6 @@ varlink (see ``io.pyfsmount.Broker.varlink`` beside this file and docs/BROKER.md
 - :mod:`fusefs.broker.client`: the client API, and ``pyfsmount --broker``;
 - :mod:`fusefs.broker.cli`: the ``pyfsmount-broker`` command.
 """
+
+#: Where the broker listens unless told otherwise (systemd/pyfsmount-broker.socket).
+DEFAULT_SOCKET = "/run/pyfsmount/broker.sock"

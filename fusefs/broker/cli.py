@@ -11,7 +11,8 @@ import stat
 import sys
 from types import FrameType
 
-from fusefs.broker.client import DEFAULT_SOCKET, BrokerClient, BrokerError
+from fusefs.broker import DEFAULT_SOCKET
+from fusefs.broker.client import BrokerClient, BrokerError
 from fusefs.broker.policy import PolicyError, load_policy
 from fusefs.broker.service import Broker
 from fusefs.template import Template, TemplateError, raise_descriptor_limit

@@ -19,9 +19,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from fusefs.broker import DEFAULT_SOCKET
 from fusefs.broker.varlink import Connection, ProtocolError
 
-DEFAULT_SOCKET = "/run/pyfsmount/broker.sock"
 INTERFACE = "io.pyfsmount.Broker"
 
 
