@@ -1,0 +1,112 @@
+"""Two revisions of pyfsmount side by side, in alternating order (issue 7).
+
+    sudo .venv/bin/python benchmarks/ab.py OLD [NEW] [--probe seq|walk|mount]
+                                          [--format ext4] [--runs 6]
+
+OLD and NEW are git revisions (NEW defaults to the working tree). Each is exported
+into ``benchmarks/work/ab-*`` and mounted standalone, as ``pyfsmount IMAGE DIR`` would,
+with that copy's code in both the launcher and the driver. Every run mounts afresh after
+dropping the page cache and times one probe on the benchmark image of the format
+(bench.py builds it if missing):
+
+- ``seq``: the 512 MiB file read 1 MiB at a time, MB/s;
+- ``walk``: bench.py's stat walk, s;
+- ``mount``: mount to the first stat, ms.
+
+Why the order alternates (ABBA): on this VM the run just after another mount's page
+cache was dropped is faster than the one after it. An A/B that always ran A first
+showed a 30% "gain" that was only the order (benchmarks/RESULTS.md, 2026-12-03).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import FORMATS, FULL, PROJECT, PYTHON, WORK, drop_caches, image_of, read_file, stat_walk
+
+
+def export(revision: str | None) -> Path:
+    """The project's code at ``revision`` (None: the working tree), in a directory."""
+    name = "worktree" if revision is None else revision.replace("/", "_")
+    target = WORK / f"ab-{name}"
+    subprocess.run(["rm", "-rf", str(target)], check=True)
+    target.mkdir(parents=True)
+    if revision is None:
+        for package in ("drivers", "fusefs"):
+            subprocess.run(["cp", "-r", str(PROJECT / package), str(target)], check=True)
+    else:
+        archive = subprocess.run(
+            ["git", "-C", str(PROJECT), "archive", revision, "drivers", "fusefs"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def mount(code: Path, image: Path, target: Path) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(code)}
+    subprocess.run(
+        [PYTHON, "-m", "fusefs", str(image), str(target)], cwd=code, env=environment, check=True
+    )
+
+
+def unmount(target: Path) -> None:
+    subprocess.run(["fusermount3", "-u", str(target)], check=True)
+    time.sleep(0.3)
+
+
+def measure(probe: str, code: Path, image: Path, target: Path) -> float:
+    drop_caches()
+    start = time.perf_counter()
+    mount(code, image, target)
+    try:
+        (target / "big").stat()
+        if probe == "mount":
+            return (time.perf_counter() - start) * 1000
+        started = time.perf_counter()
+        if probe == "walk":
+            stat_walk(target)
+            return time.perf_counter() - started
+        size = read_file(target / "big")
+        return size / 1e6 / (time.perf_counter() - started)
+    finally:
+        unmount(target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("old", help="git revision")
+    parser.add_argument("new", nargs="?", help="git revision (default: the working tree)")
+    parser.add_argument("--probe", choices=("seq", "walk", "mount"), default="seq")
+    parser.add_argument("--format", default="ext4", choices=[f.name for f in FORMATS])
+    parser.add_argument("--runs", type=int, default=6, help="runs of each (default 6)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("ab.py needs root (mounts, drop_caches)")
+    image = image_of(next(f for f in FORMATS if f.name == args.format), FULL)
+    variants = {args.old: export(args.old), args.new or "worktree": export(args.new)}
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    with tempfile.TemporaryDirectory(prefix="ab-", dir=WORK) as directory:
+        target = Path(directory)
+        for run in range(args.runs):
+            for name in names if run % 2 == 0 else names[::-1]:
+                results[name].append(measure(args.probe, variants[name], image, target))
+    unit = {"seq": "MB/s", "walk": "s", "mount": "ms"}[args.probe]
+    for name, values in results.items():
+        runs = " ".join(f"{value:.3g}" for value in values)
+        print(f"{name}: median {statistics.median(values):.3g} {unit} ({runs})")
+
+
+if __name__ == "__main__":
+    main()
