@@ -89,11 +89,11 @@ ATTRIBUTE_NAMES = (
 )
 
 # Cache budgets: the working set of requests in flight, not the whole volume.
-LISTING_CACHE_BYTES = 4 << 20
+LISTING_CACHE_BYTES = 2 << 20
 ENTRY_CACHE_ENTRIES = 16384
 ATTR_CACHE_ENTRIES = 4096
 #: Cluster chains, in bytes as charged by :func:`_chain_cost`.
-CHAIN_CACHE_BYTES = 2 << 20
+CHAIN_CACHE_BYTES = 1 << 20
 #: What a cached chain costs beyond its runs: tracemalloc measured 462 bytes for a chain
 #: of one run with its key and cache entry.
 CHAIN_OVERHEAD_BYTES = 450
