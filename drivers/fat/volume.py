@@ -90,7 +90,7 @@ ATTRIBUTE_NAMES = (
 
 # Cache budgets: the working set of requests in flight, not the whole volume.
 LISTING_CACHE_BYTES = 2 << 20
-ENTRY_CACHE_ENTRIES = 16384
+ENTRY_CACHE_ENTRIES = 8192
 ATTR_CACHE_ENTRIES = 4096
 #: Cluster chains, in bytes as charged by :func:`_chain_cost`.
 CHAIN_CACHE_BYTES = 1 << 20
