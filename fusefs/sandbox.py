@@ -503,15 +503,19 @@ def fork_as_pid_one() -> int:
     intermediate process (a process cannot enter a new pid namespace itself, and
     ``unshare(CLONE_NEWPID)`` works once per process); the child is orphaned at once
     and reparented to the caller.  Needs CAP_SYS_ADMIN (the template runs as root).
+
+    SandboxError if the pid namespace cannot be made (no CAP_SYS_ADMIN: the caller may
+    fall back to a plain fork); OSError if a fork fails (no process left under
+    RLIMIT_NPROC, say), which says nothing about the next attempt.
     """
     _prctl(PR_SET_CHILD_SUBREAPER, 1, what="PR_SET_CHILD_SUBREAPER")
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
         intermediate = os.fork()
-    except OSError as exc:
+    except OSError:
         os.close(report_r)
         os.close(report_w)
-        raise SandboxError(f"fork: {exc.strerror}") from None
+        raise
     if intermediate == 0:
         os.close(report_r)
         _as_intermediate(report_w)  # returns only in the new pid 1
@@ -520,9 +524,17 @@ def fork_as_pid_one() -> int:
     with os.fdopen(report_r, "rb") as report:
         answer = report.read()
     os.waitpid(intermediate, 0)
-    if not answer.isdigit():
-        raise SandboxError(answer.decode(errors="replace") or "the intermediate process died")
-    return int(answer)
+    if answer.isdigit():
+        return int(answer)
+    if answer.startswith(_FORK_FAILED):
+        code = int(answer[len(_FORK_FAILED) :])
+        raise OSError(code, os.strerror(code))
+    raise SandboxError(answer.decode(errors="replace") or "the intermediate process died")
+
+
+#: How the intermediate reports a failed fork (followed by the errno), as opposed to a
+#: pid namespace it could not make (the message itself).
+_FORK_FAILED = b"fork failed: errno "
 
 
 def _as_intermediate(report_w: int) -> None:
@@ -530,9 +542,13 @@ def _as_intermediate(report_w: int) -> None:
     exit; returns only in that child."""
     try:
         _check(_libc().unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
-        child = os.fork()
-    except (SandboxError, OSError) as exc:
+    except SandboxError as exc:
         os.write(report_w, str(exc).encode())
+        os._exit(1)
+    try:
+        child = os.fork()
+    except OSError as exc:
+        os.write(report_w, _FORK_FAILED + str(exc.errno).encode())
         os._exit(1)
     if child == 0:
         os.close(report_w)
@@ -621,13 +637,11 @@ def confine(keep_fds: Collection[int], limits: SandboxLimits, pid_one: bool = Fa
     started_as_root = os.geteuid() == 0
     if started_as_root:
         _become_nobody()
+    _unshare(NAMESPACES & ~CLONE_NEWPID if pid_one else NAMESPACES)
+    _empty_root()
     if pid_one:
-        _unshare(NAMESPACES & ~CLONE_NEWPID)
-        _empty_root()
         _handle_fatal_signals_as_pid_one()
     else:
-        _unshare()
-        _empty_root()
         _fork_into_pid_namespace(limits, cap_last, nondumpable=started_as_root)
     # The serving process: pid 1 of its pid namespace.
     _drop_privileges(cap_last)
