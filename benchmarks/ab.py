@@ -40,6 +40,7 @@ from bench import (
     image_of,
     read_file,
     read_small_files,
+    start_probe,
     stat_walk,
 )
 
@@ -76,13 +77,13 @@ def unmount(target: Path) -> None:
 
 
 def measure(probe: str, code: Path, image: Path, target: Path) -> float:
-    drop_caches()
-    start = time.perf_counter()
+    start = drop_caches()
     mount(code, image, target)
     try:
         (target / "big").stat()
         if probe == "mount":
             return (time.perf_counter() - start) * 1000
+        start_probe(start)
         started = time.perf_counter()
         if probe in ("walk", "small"):
             (stat_walk if probe == "walk" else read_small_files)(target)

@@ -225,7 +225,7 @@ FORMATS = [
 def mtools_row(image: Path, scale: Scale) -> dict[str, float]:
     """mtools reads the image without mounting: ``mdir -/`` walks it, ``mcopy`` reads."""
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    drop_caches()
+    start_probe(drop_caches())
     walk = timed(
         lambda: subprocess.run(
             ["mdir", "-/", "-a", "-i", str(image), "::"],
@@ -234,7 +234,7 @@ def mtools_row(image: Path, scale: Scale) -> dict[str, float]:
             env=env,
         )
     )
-    drop_caches()
+    start_probe(drop_caches())
     read = timed(
         lambda: subprocess.run(
             ["mcopy", "-n", "-i", str(image), "::/big", "-"],
@@ -434,9 +434,34 @@ def peak_rss_mib(pids: list[int]) -> float:
     return max(peaks, default=float("nan"))
 
 
-def drop_caches() -> None:
+def drop_caches() -> float:
+    """Empty the page cache; the time it was emptied (see :func:`start_probe`)."""
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    return time.perf_counter()
+
+
+#: Seconds from emptying the page cache to the start of every cold probe.
+PROBE_START_S = 1.0
+
+
+def start_probe(dropped: float) -> None:
+    """Wait until :data:`PROBE_START_S` after ``dropped`` (:func:`drop_caches`).
+
+    This VM hands memory freed by drop_caches back to its host (virtio-balloon free
+    page reporting, 128 MiB every 2 s), and a page taken back costs a host fault when
+    the page cache fills it again. A buffered 512 MiB read of the image file measured
+    1.6-1.9 GB/s started at once, 0.86-1.0 GB/s after 1-2 s, 0.67-0.71 after 3 s and
+    0.32-0.61 after 4-12 s. So a cold probe run right after its mount was faster for a
+    mounter that mounts in 20 ms than for one that takes 600 ms, whatever the file
+    system did. Every cold probe (every mounter, mtools) therefore starts at the same
+    time after the drop: longer than any mount takes.
+    """
+    late = time.perf_counter() - dropped - PROBE_START_S
+    if late > 0:
+        print(f"  (a probe started {late:.2f} s late: slower mount than PROBE_START_S)")
+    else:
+        time.sleep(-late)
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -512,9 +537,10 @@ def measure(mounter: Mounter, image: Path, scale: Scale) -> dict[str, float]:
         results["mount+stat ms"] = (time.perf_counter() - start) * 1000
         mounter.unmount(target)
         for label, probe in probes:
-            drop_caches()
+            dropped = drop_caches()
             mounter.mount(image, target)
             try:
+                start_probe(dropped)
                 results[label] = probe()
                 if pids := mounter.daemon_pids(target):
                     results["peak RSS MiB"] = max(
