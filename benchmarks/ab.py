@@ -1,6 +1,6 @@
 """Two revisions of pyfsmount side by side, in alternating order (issue 7).
 
-    sudo .venv/bin/python benchmarks/ab.py OLD [NEW] [--probe seq|walk|small|mount]
+    sudo .venv/bin/python benchmarks/ab.py OLD [NEW] [--probe seq|walk|small|random|mount]
                                           [--format ext4] [--runs 6]
 
 OLD and NEW are git revisions (NEW defaults to the working tree). Each is exported
@@ -12,6 +12,7 @@ dropping the page cache and times one probe on the benchmark image of the format
 - ``seq``: the 512 MiB file read 1 MiB at a time, MB/s;
 - ``walk``: bench.py's stat walk, s;
 - ``small``: every small file read, s;
+- ``random``: bench.py's random 4 KiB reads of the 512 MiB file, reads per second;
 - ``mount``: mount to the first stat, ms.
 
 Why the order alternates (ABBA): on this VM the run just after another mount's page
@@ -38,6 +39,7 @@ from bench import (
     WORK,
     drop_caches,
     image_of,
+    random_reads,
     read_file,
     read_small_files,
     start_probe,
@@ -88,6 +90,9 @@ def measure(probe: str, code: Path, image: Path, target: Path) -> float:
         if probe in ("walk", "small"):
             (stat_walk if probe == "walk" else read_small_files)(target)
             return time.perf_counter() - started
+        if probe == "random":
+            random_reads(target / "big", FULL.random_reads)
+            return FULL.random_reads / (time.perf_counter() - started)
         size = read_file(target / "big")
         return size / 1e6 / (time.perf_counter() - started)
     finally:
@@ -100,7 +105,9 @@ def main() -> None:
     )
     parser.add_argument("old", help="git revision")
     parser.add_argument("new", nargs="?", help="git revision (default: the working tree)")
-    parser.add_argument("--probe", choices=("seq", "walk", "small", "mount"), default="seq")
+    parser.add_argument(
+        "--probe", choices=("seq", "walk", "small", "random", "mount"), default="seq"
+    )
     parser.add_argument("--format", default="ext4", choices=[f.name for f in FORMATS])
     parser.add_argument("--runs", type=int, default=6, help="runs of each (default 6)")
     args = parser.parse_args()
@@ -115,7 +122,8 @@ def main() -> None:
         for run in range(args.runs):
             for name in names if run % 2 == 0 else names[::-1]:
                 results[name].append(measure(args.probe, variants[name], image, target))
-    unit = {"seq": "MB/s", "walk": "s", "small": "s", "mount": "ms"}[args.probe]
+    units = {"seq": "MB/s", "walk": "s", "small": "s", "random": "reads/s", "mount": "ms"}
+    unit = units[args.probe]
     for name, values in results.items():
         runs = " ".join(f"{value:.3g}" for value in values)
         print(f"{name}: median {statistics.median(values):.3g} {unit} ({runs})")
