@@ -157,12 +157,20 @@ class BlockReader:
     ``direct_fd``, when given, is the same image opened with ``O_DIRECT``: bulk file
     data read once on its way to the mount's page cache (:meth:`read_direct`) goes
     through it, straight from the disk, instead of being cached a second time.
+    ``random_fd``, when given, is the same image opened once more with the kernel's
+    read-ahead off (``POSIX_FADV_RANDOM``), for reads that follow no other
+    (:meth:`read_random`).
     """
 
-    __slots__ = ("base", "direct_fd", "fd", "size")
+    __slots__ = ("base", "direct_fd", "fd", "random_fd", "size")
 
     def __init__(
-        self, fd: int, base: int = 0, size: int | None = None, direct_fd: int | None = None
+        self,
+        fd: int,
+        base: int = 0,
+        size: int | None = None,
+        direct_fd: int | None = None,
+        random_fd: int | None = None,
     ) -> None:
         info = os.fstat(fd)
         # A block device reports st_size 0: its size is where its end is.
@@ -173,18 +181,34 @@ class BlockReader:
         self.base = base
         self.size = file_size - base if size is None else min(size, file_size - base)
         self.direct_fd = direct_fd
+        self.random_fd = random_fd
 
     def window(self, offset: int, size: int) -> BlockReader:
         """A reader on ``size`` bytes of this region from ``offset`` (a partition)."""
-        return BlockReader(self.fd, self.base + offset, size, self.direct_fd)
+        return BlockReader(self.fd, self.base + offset, size, self.direct_fd, self.random_fd)
 
     def read(self, offset: int, length: int) -> bytes:
         """Return exactly ``length`` bytes at ``offset`` of the region."""
+        return self._pread(self.fd, offset, length)
+
+    def read_random(self, offset: int, length: int) -> bytes:
+        """Like :meth:`read`, for a read that follows no other (a random read of file data).
+
+        Through ``random_fd`` when there is one: the kernel then reads just the pages
+        asked for, where its read-ahead on the image would read more for each such
+        read. The pages stay in the page cache, so the next read of them, or a read of
+        an image that is cached already, costs no disk read. (A confined driver cannot
+        ask which pages are cached: cachestat(2) is refused for a file its user may not
+        write, so :meth:`read_direct` always reads the disk there.)
+        """
+        return self._pread(self.fd if self.random_fd is None else self.random_fd, offset, length)
+
+    def _pread(self, fd: int, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise CorruptImage(
                 f"read of {length} bytes at {offset} is outside the image ({self.size} bytes)"
             )
-        data = os.pread(self.fd, length, self.base + offset)
+        data = os.pread(fd, length, self.base + offset)
         if len(data) != length:
             raise CorruptImage(f"short read at {offset}: image changed size?")
         return data

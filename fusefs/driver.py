@@ -48,6 +48,26 @@ def setup_logging(debug: bool) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def open_random(image_fd: int) -> int | None:
+    """The image opened once more, with the kernel's read-ahead off, for random reads of
+    file data (:meth:`drivers.base.BlockReader.read_random`); None if that fails (they
+    then share the launcher's descriptor).
+
+    Reopened like :func:`open_direct`: read-ahead advice applies to the whole open file,
+    and the launcher's descriptor keeps read-ahead for metadata and consecutive files.
+    """
+    try:
+        fd = os.open(f"/proc/self/fd/{image_fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        log.debug("no descriptor for random reads of the image: %s", exc.strerror)
+        return None
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    except OSError as exc:
+        log.debug("random reads of the image keep read-ahead: %s", exc.strerror)
+    return fd
+
+
 def open_direct(image_fd: int) -> int | None:
     """The image opened a second time, with O_DIRECT, for bulk reads that should not
     fill the page cache (drivers.readahead); None where the file system has no O_DIRECT.
@@ -63,14 +83,18 @@ def open_direct(image_fd: int) -> int | None:
 
 
 def open_configured_volume(
-    image_fd: int, config: dict[str, Any], direct_fd: int | None = None
+    image_fd: int,
+    config: dict[str, Any],
+    direct_fd: int | None = None,
+    random_fd: int | None = None,
 ) -> Volume:
     """The volume of the image, of the partition asked for, or of the first usable one.
 
     An explicit ``offset=`` names where the file system starts: no partition table is
     looked for then (unless ``partition=`` asks for one inside that window).
     """
-    reader = BlockReader(image_fd, int(config.get("offset", 0)), direct_fd=direct_fd)
+    offset = int(config.get("offset", 0))
+    reader = BlockReader(image_fd, offset, direct_fd=direct_fd, random_fd=random_fd)
     fs_type, options = config.get("fs_type"), config.get("driver_options") or {}
     partition = config.get("partition")
     if reader.base and partition is None:
@@ -133,12 +157,15 @@ def run(
         return EXIT_REFUSED
     busy_poll_us = int(config.get("busy_poll_us", 0)) if worth_polling() else 0
     watchdog = RequestWatchdog(float(config.get("request_timeout", DEFAULT_TIMEOUT)))
-    direct_fd = None if config.get("list") else open_direct(image_fd)
+    direct_fd = random_fd = None
+    if not config.get("list"):
+        direct_fd, random_fd = open_direct(image_fd), open_random(image_fd)
     if config.get("sandbox", True):
         try:
             limits = SandboxLimits(max_memory=int(config.get("max_memory") or 512 * 2**20))
             kept = {0, 1, 2, image_fd, control.fileno()}
-            confine(kept if direct_fd is None else kept | {direct_fd}, limits, pid_one)
+            kept |= {fd for fd in (direct_fd, random_fd) if fd is not None}
+            confine(kept, limits, pid_one)
             # In the process that serves (confine forks, and a fork has no timers), and
             # before the seccomp filter: setitimer is not on the allowlist.
             watchdog.arm()
@@ -154,7 +181,7 @@ def run(
     try:
         watchdog.begin("opening the volume")
         try:
-            volume = open_configured_volume(image_fd, config, direct_fd)
+            volume = open_configured_volume(image_fd, config, direct_fd, random_fd)
         finally:
             watchdog.end()
     except (Unsupported, CorruptImage, RequestTimeout) as exc:

@@ -1,4 +1,5 @@
-"""drivers.readahead and BlockReader.read_direct: reading ahead never changes an answer.
+"""drivers.readahead, BlockReader.read_direct and read_random: reading ahead, or around the
+page cache, never changes an answer.
 
 The helper is format-agnostic, so it is specified here on an image file whose "file" is
 a list of image extents chosen by the test (scattered and unaligned, like a fragmented
@@ -32,22 +33,25 @@ def image(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Bloc
     path = tmp_path / "image"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
-    direct = None
+    direct = random_reads = None
     if request.param == "direct":
         try:
             direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
         except OSError:
             pytest.skip("no O_DIRECT on the temporary directory's file system")
+        # As the driver opens them: also once more without read-ahead, for random reads.
+        random_reads = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(random_reads, 0, 0, os.POSIX_FADV_RANDOM)
         # Out of the page cache, so that reads go to the disk (cached bytes are taken
         # from the cache instead).
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     try:
-        yield BlockReader(fd, direct_fd=direct), data
+        yield BlockReader(fd, direct_fd=direct, random_fd=random_reads), data
     finally:
-        os.close(fd)
-        if direct is not None:
-            os.close(direct)
+        for opened in (fd, direct, random_reads):
+            if opened is not None:
+                os.close(opened)
 
 
 def scattered(pieces: int, seed: int = 1) -> list[int]:
@@ -218,3 +222,36 @@ def test_the_page_cache_is_asked_without_reading_anything(tmp_path: Path) -> Non
         assert not fully_cached(fd, 0, 4097)
     finally:
         os.close(fd)
+
+
+def test_a_random_read_brings_in_its_own_pages_only(tmp_path: Path) -> None:
+    """BlockReader.read_random reads through the descriptor opened without read-ahead:
+    its pages, and none after them, enter the page cache (and stay, so that a cached image
+    is read from the cache), where a read of the image at the same place reads ahead."""
+    data = random.Random(9).randbytes(8 * MiB)
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    fd, random_fd = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
+
+    def drop_cache() -> None:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not fully_cached(fd, 0, 4096)
+
+    try:
+        os.posix_fadvise(random_fd, 0, 0, os.POSIX_FADV_RANDOM)
+        reader = BlockReader(fd, random_fd=random_fd)
+        drop_cache()
+        assert reader.read_random(100, 3000) == data[100:3100]
+        assert fully_cached(fd, 0, 4096)
+        assert not fully_cached(fd, 4096, 4096)
+        window = reader.window(4 * MiB, 2 * MiB)
+        assert window.read_random(4096 + 10, 10) == data[4 * MiB + 4096 + 10 :][:10]
+        assert not fully_cached(fd, 4 * MiB + 8192, 4096)
+        # The same first read through the launcher's descriptor reads ahead.
+        drop_cache()
+        assert reader.read(100, 3000) == data[100:3100]
+        assert fully_cached(fd, 4096, 4096)
+    finally:
+        os.close(fd)
+        os.close(random_fd)

@@ -95,7 +95,7 @@ def test_a_forked_driver_is_confined_like_any_other(template: Template, mountpoi
     assert_confined(serving, address_space=314572800)
     fds = os.listdir(f"/proc/{serving}/fd")
     held = sorted(t for t in (os.readlink(f"/proc/{serving}/fd/{fd}") for fd in fds) if t[0] == "/")
-    assert held == sorted([str(SAMPLE_IMAGE)] * 2 + ["/dev/fuse", "/dev/null", "/dev/null"])
+    assert held == sorted([str(SAMPLE_IMAGE)] * 3 + ["/dev/fuse", "/dev/null", "/dev/null"])
     assert unmount_and_collect(mount, thread, codes) == 0
 
 
