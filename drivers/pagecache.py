@@ -15,7 +15,7 @@ import ctypes
 import errno
 import os
 
-__all__ = ["fully_cached"]
+__all__ = ["cached_fraction", "fully_cached"]
 
 #: x86_64 (and every architecture with the generic table, since Linux 6.5).
 NR_CACHESTAT = 451
@@ -47,16 +47,37 @@ _available = True
 def fully_cached(fd: int, offset: int, length: int) -> bool:
     """Whether every page of ``length > 0`` bytes at ``offset`` of ``fd`` is cached.
 
-    False where the kernel (or the sandbox) has no cachestat: then nothing is known
-    to be cached, and the caller reads from the disk.
+    False where the kernel (or the sandbox) has no cachestat, or refuses it for this
+    file: then nothing is known to be cached, and the caller reads from the disk.
     """
-    global _available
-    if not _available or length <= 0:
+    if length <= 0:
         return False
+    cached = _cached_pages(fd, offset, length)
+    pages = (offset + length - 1) // PAGE_SIZE - offset // PAGE_SIZE + 1
+    return cached is not None and cached >= pages
+
+
+def cached_fraction(fd: int) -> float | None:
+    """The share of the whole file's pages that are cached; None if it cannot be known.
+
+    For the launcher, which may ask (root, or the image's owner), to tell a confined
+    driver, which may not (see :meth:`drivers.base.BlockReader.read_random`).
+    """
+    size = os.lseek(fd, 0, os.SEEK_END)  # a block device's st_size is 0
+    if size <= 0:
+        return None
+    cached = _cached_pages(fd, 0, size)
+    return None if cached is None else min(1.0, cached / -(-size // PAGE_SIZE))
+
+
+def _cached_pages(fd: int, offset: int, length: int) -> int | None:
+    """How many pages of the range the page cache holds (cachestat(2)), or None."""
+    global _available
+    if not _available:
+        return None
     span, info = _Range(offset, length), _Stat()
     if _syscall(NR_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(info), 0) != 0:
         if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
             _available = False  # and it will not be
-        return False
-    pages = (offset + length - 1) // PAGE_SIZE - offset // PAGE_SIZE + 1
-    return bool(info.nr_cache >= pages)
+        return None
+    return int(info.nr_cache)

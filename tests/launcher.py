@@ -26,6 +26,22 @@ SAMPLE_IMAGE = PROJECT / "images" / "sample-ext4.img"
 TEST_USER = "pyfsmount-test"
 
 
+def sample_copy(directory: Path, cached: bool) -> Path:
+    """A copy of the sample image that no other test reads, left in the page cache or
+    evicted from it: a driver reads a cached image through the cache, any other around
+    it with O_DIRECT (fusefs.driver.image_cached), and holds descriptors to match."""
+    copy = directory / "sample-copy.img"
+    copy.write_bytes(SAMPLE_IMAGE.read_bytes())
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        if not cached:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return copy
+
+
 @dataclass(frozen=True)
 class MountInfo:
     fs_type: str

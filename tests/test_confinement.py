@@ -24,6 +24,7 @@ from tests.launcher import (
     pids_mentioning,
     poisoned_directory,
     run_pyfsmount,
+    sample_copy,
 )
 
 __all__ = ["mountpoint"]
@@ -85,28 +86,49 @@ def test_the_serving_driver_is_confined(mountpoint: Path) -> None:
     assert re.search(r"Max core file size\s+0\s+0", limits), limits
 
 
-def test_the_serving_driver_holds_only_its_image_and_channels(mountpoint: Path) -> None:
-    mount_image(SAMPLE_IMAGE, mountpoint)
+def image_descriptors(pid: int, image: Path) -> list[tuple[int, bool]]:
+    """(access mode, O_DIRECT) of each descriptor ``pid`` holds on ``image``."""
+    flags = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{fd}") == str(image):
+            fdinfo = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            value = int(fdinfo.split("flags:")[1].split()[0], 8)
+            flags.append((value & os.O_ACCMODE, bool(value & os.O_DIRECT)))
+    return sorted(flags)
+
+
+def test_the_serving_driver_holds_only_its_image_and_channels(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    image = sample_copy(tmp_path, cached=False)
+    mount_image(image, mountpoint)
     os.listdir(mountpoint)
     pid = serving_driver(mountpoint)
-    fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-    targets = list(fds.values())
+    targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     paths = sorted(t for t in targets if t.startswith("/"))
-    # The image, the same image opened with O_DIRECT for reads around the page cache, and
-    # once more for random reads without read-ahead (drivers/readahead.py), all read-only.
-    images = [str(SAMPLE_IMAGE)] * 3
-    assert paths == sorted([*images, "/dev/fuse", "/dev/null", "/dev/null"]), targets
-    image_flags = sorted(
-        int(Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0], 8)
-        for fd, target in fds.items()
-        if target == str(SAMPLE_IMAGE)
-    )
-    assert [flags & os.O_ACCMODE for flags in image_flags] == [os.O_RDONLY] * 3
-    assert [bool(flags & os.O_DIRECT) for flags in image_flags] == [False, False, True]
+    # The image; the same image opened again for random reads without read-ahead, and
+    # with O_DIRECT for reading ahead around the page cache (drivers/readahead.py): all
+    # three read-only.
+    assert paths == sorted([str(image)] * 3 + ["/dev/fuse", "/dev/null", "/dev/null"]), targets
+    plain, direct = (os.O_RDONLY, False), (os.O_RDONLY, True)
+    assert image_descriptors(pid, image) == [plain, plain, direct]
     others = {re.sub(r"\[\d+\]", "", t) for t in targets if not t.startswith("/")}
     assert others <= {"pipe:", "socket:", "anon_inode:[eventpoll]"}, targets
     # Its root is an empty directory: no host path exists for it.
     assert os.listdir(f"/proc/{pid}/root") == []
+
+
+def test_a_driver_reads_an_image_in_the_page_cache_from_there(
+    mountpoint: Path, tmp_path: Path
+) -> None:
+    """An image just written is all in the page cache: its driver opens no O_DIRECT
+    descriptor, which would make it read the image from the disk again."""
+    image = sample_copy(tmp_path, cached=True)
+    mount_image(image, mountpoint)
+    assert (mountpoint / "README.txt").read_bytes()
+    pid = serving_driver(mountpoint)
+    plain = (os.O_RDONLY, False)
+    assert image_descriptors(pid, image) == [plain, plain]
 
 
 def test_the_driver_imports_nothing_from_the_working_directory(

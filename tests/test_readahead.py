@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from drivers.base import DIRECT_ALIGN, BlockReader, CorruptImage
-from drivers.pagecache import fully_cached
+from drivers.pagecache import cached_fraction, fully_cached
 from drivers.readahead import AHEAD, CHUNK, MAX_PENDING, MAX_STREAMS, ZEROS, Extents, ReadAhead
 
 MiB = 1 << 20
@@ -205,16 +205,19 @@ def test_direct_reads_are_exact_at_any_offset_and_bounded_by_the_region(
 
 
 def test_the_page_cache_is_asked_without_reading_anything(tmp_path: Path) -> None:
-    """fully_cached tells a file just written from one dropped out of the cache, and the
-    asking itself brings nothing into the cache (a failed RWF_NOWAIT read would)."""
+    """fully_cached (and cached_fraction, for a whole file) tell a file just written from
+    one dropped out of the cache, and the asking itself brings nothing into the cache (a
+    failed RWF_NOWAIT read would)."""
     path = tmp_path / "image"
     path.write_bytes(random.Random(5).randbytes(4 * MiB))
     fd = os.open(path, os.O_RDONLY)
     try:
         assert fully_cached(fd, 1000, 2 * MiB)
+        assert cached_fraction(fd) == 1.0
         os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         assert not fully_cached(fd, 1000, 2 * MiB)
+        assert cached_fraction(fd) == 0.0
         assert not fully_cached(fd, 1000, 2 * MiB)  # still not: asking read nothing
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # this read brings its page only
         os.pread(fd, 4096, 0)

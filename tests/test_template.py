@@ -25,6 +25,7 @@ from tests.launcher import (
     payload_env,
     pids_running,
     poisoned_directory,
+    sample_copy,
     wait_for,
 )
 from tests.test_confinement import assert_confined, status_fields
@@ -80,9 +81,12 @@ def test_a_forked_driver_serves_a_real_mount_and_ends_cleanly(
     assert open_fds() == before
 
 
-def test_a_forked_driver_is_confined_like_any_other(template: Template, mountpoint: Path) -> None:
+def test_a_forked_driver_is_confined_like_any_other(
+    template: Template, mountpoint: Path, tmp_path: Path
+) -> None:
     options = parse_options(["max_memory=300M"])
-    mount = make_mount(str(SAMPLE_IMAGE), str(mountpoint), options, template=template)
+    image = sample_copy(tmp_path, cached=False)
+    mount = make_mount(str(image), str(mountpoint), options, template=template)
     thread, codes = serve_in_background(mount)
     os.listdir(mountpoint)
     # The template made the driver pid 1 of a pid namespace of its own and waits for it
@@ -95,7 +99,7 @@ def test_a_forked_driver_is_confined_like_any_other(template: Template, mountpoi
     assert_confined(serving, address_space=314572800)
     fds = os.listdir(f"/proc/{serving}/fd")
     held = sorted(t for t in (os.readlink(f"/proc/{serving}/fd/{fd}") for fd in fds) if t[0] == "/")
-    assert held == sorted([str(SAMPLE_IMAGE)] * 3 + ["/dev/fuse", "/dev/null", "/dev/null"])
+    assert held == sorted([str(image)] * 3 + ["/dev/fuse", "/dev/null", "/dev/null"])
     assert unmount_and_collect(mount, thread, codes) == 0
 
 
