@@ -14,6 +14,10 @@ big file, a second read of it on the same mount (warm: the page cache, where the
 keeps it), reading every small file, random 4 KiB reads of the big file, and the daemon's
 peak RSS. Mounters take turns run by run (this VM's speed drifts over minutes); medians
 over the runs, their ranges, then pyfsmount's ratio to each other mounter.
+
+A full run also appends what it printed to ``benchmarks/RESULTS.md``, under a heading
+with the date, the command, the commit and the machine (``--no-record`` does not);
+a ``--quick`` run records only when asked (``--record``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from fusefs.template import Template
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 WORK = HERE / "work"
+RESULTS = HERE / "RESULTS.md"
 PYTHON = sys.executable
 
 
@@ -621,6 +626,11 @@ def main() -> None:
         choices=[f.name for f in FORMATS],
         help="formats to run (repeatable; default: all)",
     )
+    parser.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        help=f"append the results to {RESULTS.relative_to(PROJECT)} (default: unless --quick)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.py needs root (loop mounts, drop_caches)")
@@ -628,6 +638,7 @@ def main() -> None:
     if args.runs:
         scale = Scale(**{**scale.__dict__, "runs": args.runs})
     formats = [f for f in FORMATS if not args.format or f.name in args.format]
+    printed: list[str] = []
     for fmt in formats:
         image = image_of(fmt, scale)
         rows: dict[str, Callable[[], dict[str, float]]] = {
@@ -649,8 +660,48 @@ def main() -> None:
         for name, results in runs.items():
             print(f"{fmt.name} {name}: {results}", file=sys.stderr)
         if table:
-            print(report(table, scale, fmt) + "\n", flush=True)
-            print(spread(runs) + "\n", flush=True)
+            printed.append(report(table, scale, fmt) + "\n\n" + spread(runs))
+            print(printed[-1] + "\n", flush=True)
+    if printed and (not args.quick if args.record is None else args.record):
+        record(printed)
+
+
+def record(printed: list[str]) -> None:
+    """Append this run's tables to RESULTS.md, under what it takes to reproduce them."""
+    command = " ".join(["sudo .venv/bin/python benchmarks/bench.py", *sys.argv[1:]])
+    commit = subprocess.run(
+        ["git", "-C", str(PROJECT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = [
+        f"## {when}: `{command}` (recorded by bench.py)",
+        "",
+        f"{machine()}; commit {commit or 'unknown'}.",
+        "",
+        *(f"{text}\n" for text in printed),
+    ]
+    with RESULTS.open("a") as results:
+        results.write("\n" + "\n".join(section))
+    print(f"recorded in {RESULTS}")
+
+
+def machine() -> str:
+    """The machine in one line: CPUs, memory, kernel, Python."""
+    memory = next(
+        (
+            line.split()[1]
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        "0",
+    )
+    return (
+        f"{os.cpu_count()} CPUs, {int(memory) >> 20} GiB, Linux {os.uname().release}, "
+        f"Python {sys.version.split()[0]}"
+    )
 
 
 def summarize(results: list[dict[str, float]]) -> dict[str, float]:
