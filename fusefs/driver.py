@@ -30,6 +30,7 @@ from fusefs import session
 from fusefs.busypoll import BusyPoller, worth_polling
 from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
+from fusefs.idletrim import IdleTrimmer
 from fusefs.prefetch import DirectoryPrefetcher
 from fusefs.sandbox import SandboxError, SandboxLimits, confine, install_seccomp
 from fusefs.watchdog import DEFAULT_TIMEOUT, RequestTimeout, RequestWatchdog
@@ -128,9 +129,17 @@ async def serve_until_stopped(operations: VolumeOperations, busy_poll_us: int) -
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
         operations.prefetcher = DirectoryPrefetcher(operations.listing, operations.watchdog)
         nursery.start_soon(operations.prefetcher.run)
+        trimmer = IdleTrimmer()
+        nursery.start_soon(trimmer.run)
+        operations.request_done = trimmer.touch
         if busy_poll_us > 0:
             poller = BusyPoller(busy_poll_us / 1e6)
-            operations.request_done = poller.touch
+
+            def request_done() -> None:
+                poller.touch()
+                trimmer.touch()
+
+            operations.request_done = request_done
             nursery.start_soon(poller.run)
         # One request at a time: no handler awaits, so more reader tasks only add trio
         # scheduling to every request (~10% of a small-file read); and that one reader
