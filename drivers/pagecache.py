@@ -60,8 +60,8 @@ def fully_cached(fd: int, offset: int, length: int) -> bool:
 def cached_fraction(fd: int) -> float | None:
     """The share of the whole file's pages that are cached; None if it cannot be known.
 
-    For the launcher, which may ask (root, or the image's owner), to tell a confined
-    driver, which may not (see :meth:`drivers.base.BlockReader.read_random`).
+    For a driver before it confines itself (as root, or the image's owner, it may ask;
+    confined, it may not: see :meth:`drivers.base.BlockReader.read_random`).
     """
     size = os.lseek(fd, 0, os.SEEK_END)  # a block device's st_size is 0
     if size <= 0:

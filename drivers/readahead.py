@@ -8,12 +8,12 @@ reader that keeps pausing.  And every byte would be cached twice, as the image's
 and as the mount's.
 
 So once a file is read sequentially, the next windows are read on worker threads while
-the current one is answered, with ``O_DIRECT`` when the image allows it
-(:meth:`BlockReader.read_direct`): straight from the disk into one reused buffer, with
-no page cache to fill and no read-ahead to fall behind.  Measured on the 512 MiB FAT32
-benchmark file, cold, interleaved with mtools: 786 MB/s median (713-870) against
-357 MB/s (253-1,098) for cached inline reads, 1.44x mtools run by run (benchmarks/
-RESULTS.md has the full runs).
+the current one is answered, with ``O_DIRECT`` when the image allows it and was not in
+the page cache already (:meth:`BlockReader.read_direct`): straight from the disk into
+each worker's reused buffer, with no page cache to fill and no read-ahead to fall
+behind.  Measured on the 512 MiB FAT32 benchmark file, cold, interleaved with mtools:
+786 MB/s median (713-870) against 357 MB/s (253-1,098) for cached inline reads, 1.44x
+mtools run by run (benchmarks/RESULTS.md has the full runs).
 
 The driver keeps deciding everything on its own thread: it turns each window into the
 image extents that hold it (with its own caches, chains and checks) before the window
