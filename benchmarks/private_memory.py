@@ -37,7 +37,7 @@ from bench import (
 
 MiB = 1024.0
 #: How long a mount rests after a probe before "at rest" is measured: longer than the
-#: driver's idle period, after which it returns freed memory (fusefs/idletrim.py).
+#: driver's idle period, after which it returns freed memory (fusefs/heaptrim.py).
 RESTED_S = 2.0
 
 
