@@ -12,8 +12,11 @@ did too, at 1.6x the decoding time.
 So the serving loop calls ``malloc_trim(0)``, which returns every free page of the heap
 and of the threads' arenas (MADV_DONTNEED inside them, not only at their top):
 
-- every :data:`BUSY_INTERVAL_S` while requests keep coming, which bounds the peak: the
-  same gzip walk peaked at 37 MiB, for two trims of 0.5 ms each;
+- every :data:`BUSY_INTERVAL_S` while requests keep coming, if the heap holds at least
+  :data:`BUSY_MIN_FREE` free bytes (mallinfo2), which bounds the peak: the same gzip
+  walk peaked at 37 MiB, for two trims of 0.5 ms each. Below that, a trim would return
+  little and cost page faults when the space is used again: ext4 and FAT drivers keep
+  under 1 MiB free;
 - once a burst is over, :data:`IDLE_S` after its last request, so that a mount at rest
   holds only what its caches hold.
 
@@ -23,21 +26,42 @@ The pages are faulted in again only if later requests need them.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 
 import trio
 
-__all__ = ["BUSY_INTERVAL_S", "IDLE_S", "HeapTrimmer", "trim"]
+__all__ = ["BUSY_INTERVAL_S", "BUSY_MIN_FREE", "IDLE_S", "HeapTrimmer", "heap_free_bytes", "trim"]
 
 #: Seconds without a request after which a burst is over.
 IDLE_S = 1.0
 #: Seconds between trims while a burst lasts (each costs a walk of the heap: about
 #: 0.5 ms for a 15 MiB one, so 0.2% of a driver kept busy).
 BUSY_INTERVAL_S = 0.25
+#: Free heap bytes from which a trim within a burst is worth it.
+BUSY_MIN_FREE = 2 << 20
 
 # Bound now, while the library can still be looked up: after confinement there is no
 # file system to find it in.
-_malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+_libc = ctypes.CDLL("libc.so.6")
+_malloc_trim = _libc.malloc_trim
 _malloc_trim.argtypes = (ctypes.c_size_t,)
+
+
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h), summed over every arena."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+_mallinfo2 = _libc.mallinfo2
+_mallinfo2.restype = _Mallinfo2
+_mallinfo2.argtypes = ()
 
 
 def trim() -> None:
@@ -45,12 +69,27 @@ def trim() -> None:
     _malloc_trim(0)
 
 
+def heap_free_bytes() -> int:
+    """Bytes free inside the heap and the threads' arenas (about 1 us to ask)."""
+    return int(_mallinfo2().fordblks)
+
+
+def enough_to_trim() -> bool:
+    return heap_free_bytes() >= BUSY_MIN_FREE
+
+
 class HeapTrimmer:
     """Trims during and after each burst of requests; :meth:`touch` after every request."""
 
-    def __init__(self, idle: float = IDLE_S, busy_interval: float = BUSY_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        idle: float = IDLE_S,
+        busy_interval: float = BUSY_INTERVAL_S,
+        worth_trimming: Callable[[], bool] = enough_to_trim,
+    ) -> None:
         self.idle = idle
         self.busy_interval = busy_interval
+        self.worth_trimming = worth_trimming
         self.last_request = 0.0
         self.busy = False
         self.wakeup = trio.Event()
@@ -73,13 +112,14 @@ class HeapTrimmer:
 
     async def _trim_while_busy(self) -> None:
         """Return once :attr:`idle` seconds pass without a request; until then, trim
-        every :attr:`busy_interval` if requests came since the last trim."""
+        every :attr:`busy_interval` if requests came since the last trim and
+        :attr:`worth_trimming` says so."""
         last_trim = trio.current_time()
         # Deadlines compared as they are slept until: no rounding can spin this loop.
         while trio.current_time() < (burst_over := self.last_request + self.idle):
             next_trim = last_trim + self.busy_interval
             if trio.current_time() >= next_trim:
-                if self.last_request > last_trim:
+                if self.last_request > last_trim and self.worth_trimming():
                     self._trim()
                 last_trim = trio.current_time()
                 next_trim = last_trim + self.busy_interval

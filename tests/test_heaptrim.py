@@ -15,9 +15,10 @@ from tests.launcher import PROJECT
 
 
 @contextlib.asynccontextmanager
-async def running_trimmer() -> AsyncIterator[HeapTrimmer]:
-    """A trimmer that ends a burst after 1 s of quiet and trims every 0.25 s in one."""
-    trimmer = HeapTrimmer(idle=1.0, busy_interval=0.25)
+async def running_trimmer(heap_worth_trimming: bool = True) -> AsyncIterator[HeapTrimmer]:
+    """A trimmer that ends a burst after 1 s of quiet and trims every 0.25 s in one
+    (if the heap is worth trimming then)."""
+    trimmer = HeapTrimmer(idle=1.0, busy_interval=0.25, worth_trimming=lambda: heap_worth_trimming)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trimmer.run)
         yield trimmer
@@ -58,11 +59,22 @@ async def test_a_lone_request_is_trimmed_once_after_the_idle_period(
         assert trimmer.trims == 2
 
 
+async def test_a_heap_with_little_free_is_trimmed_only_after_the_burst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_trimmer(heap_worth_trimming=False) as trimmer:
+        await serve(trimmer, requests=20, every=0.1)
+        await trio.sleep(0.5)
+        assert trimmer.trims == 0  # nothing worth the page faults of using it again
+        await trio.sleep(1.0)
+        assert trimmer.trims == 1  # but the burst is over: whatever is free goes back
+
+
 def test_trimming_returns_free_heap_pages() -> None:
     """malloc_trim gives back the pages of freed memory inside the heap, not only at its
     top. In a process of its own: the test runner's heap is in no known state."""
     script = """
-from fusefs.heaptrim import trim
+from fusefs.heaptrim import heap_free_bytes, trim
 
 def private_kib():
     with open("/proc/self/smaps_rollup") as rollup:
@@ -74,14 +86,17 @@ for _ in range(200):  # interleaved, so that what is kept pins the heap's top
     freed.append(bytes(range(256)) * 400)  # 100 KiB, written: below the mmap threshold
     kept.append(bytes(range(256)) * 4)
 before = private_kib()
+free_before = heap_free_bytes()
 freed.clear()
 after_free = private_kib()
+free_after = heap_free_bytes()
 trim()
-print(before, after_free, private_kib())
+print(before, after_free, private_kib(), free_after - free_before)
 """
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=PROJECT
     )
-    before, after_free, after_trim = map(int, result.stdout.split())
+    before, after_free, after_trim, freed_bytes = map(int, result.stdout.split())
+    assert freed_bytes > 19_000_000  # heap_free_bytes sees what was freed
     assert after_free > before - 2_000  # freeing alone gives back next to nothing
     assert after_trim < before - 15_000  # trimming gives back most of the 20 MB
