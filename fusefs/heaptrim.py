@@ -25,10 +25,11 @@ The pages are faulted in again only if later requests need them.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 import trio
+
+from fusefs.libc import LIBC
 
 __all__ = ["BUSY_INTERVAL_S", "BUSY_MIN_FREE", "IDLE_S", "HeapTrimmer", "heap_free_bytes", "trim"]
 
@@ -40,38 +41,15 @@ BUSY_INTERVAL_S = 0.25
 #: Free heap bytes from which a trim within a burst is worth it.
 BUSY_MIN_FREE = 2 << 20
 
-# Bound now, while the library can still be looked up: after confinement there is no
-# file system to find it in.
-_libc = ctypes.CDLL("libc.so.6")
-_malloc_trim = _libc.malloc_trim
-_malloc_trim.argtypes = (ctypes.c_size_t,)
-
-
-class _Mallinfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (malloc.h), summed over every arena."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd",
-            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
-        )
-    ]  # fmt: skip
-
-
-_mallinfo2 = _libc.mallinfo2
-_mallinfo2.restype = _Mallinfo2
-_mallinfo2.argtypes = ()
-
 
 def trim() -> None:
     """Return the heap's free pages to the system."""
-    _malloc_trim(0)
+    LIBC.malloc_trim(0)
 
 
 def heap_free_bytes() -> int:
     """Bytes free inside the heap and the threads' arenas (about 1 us to ask)."""
-    return int(_mallinfo2().fordblks)
+    return int(LIBC.mallinfo2().fordblks)
 
 
 def enough_to_trim() -> bool:

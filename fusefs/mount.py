@@ -18,17 +18,13 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fusefs.libc import LIBC
 from fusefs.options import MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC, MS_NOSUID, MS_RDONLY
 
 FUSE_DEVICE = "/dev/fuse"
 FS_SUBTYPE = "pyfsmount"
 MNT_DETACH = 2
 CLONE_NEWNS, CLONE_NEWUSER = 0x20000, 0x10000000
-
-#: glibc by its soname: ctypes.util.find_library would run ldconfig on every start.
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 class MountError(Exception):
@@ -88,7 +84,7 @@ def mount_as_root(request: MountRequest) -> int:
     fuse_fd = os.open(FUSE_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     data = request.fuse_options(fuse_fd)
     flags = request.flags | MS_RDONLY
-    result = _libc.mount(
+    result = LIBC.mount(
         request.source.encode(),
         request.target.encode(),
         f"fuse.{FS_SUBTYPE}".encode(),
@@ -123,9 +119,6 @@ class MountAttr(ctypes.Structure):
         ("propagation", ctypes.c_uint64),
         ("userns_fd", ctypes.c_uint64),
     ]
-
-
-_libc.syscall.restype = ctypes.c_long
 
 
 def mount_detached(request: MountRequest, own_user_namespace: bool = True) -> tuple[int, int]:
@@ -220,7 +213,7 @@ def _in_own_user_namespace(make: Callable[[], list[int]]) -> list[int]:
         ours.close()
         code = 1
         try:
-            if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+            if LIBC.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
                 raise MountError(f"unshare: {os.strerror(ctypes.get_errno())}")
             theirs.send(b"unshared")
             if theirs.recv(16) != b"mapped":
@@ -262,7 +255,7 @@ def syscall(number: int, *args: object) -> int:
     """A raw system call (the mount API has no libc wrappers here): its result, -1 with
     ctypes' errno set on failure. Integers go as longs; bytes and ctypes refs as given."""
     converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    return int(_libc.syscall(ctypes.c_long(number), *converted))
+    return int(LIBC.syscall(ctypes.c_long(number), *converted))
 
 
 def _syscall_fd(number: int, *args: object, what: str) -> int:
@@ -313,7 +306,7 @@ def mount_fuse(request: MountRequest) -> int:
 def unmount(target: str, lazy: bool = True) -> None:
     """Remove the mount at ``target`` (detached lazily: busy files keep working until closed)."""
     if os.geteuid() == 0:
-        if _libc.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
+        if LIBC.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
             err = ctypes.get_errno()
             raise MountError(f"umount {target}: {os.strerror(err)}")
         return

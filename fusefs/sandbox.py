@@ -53,6 +53,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from fusefs import seccomp
+from fusefs.libc import LIBC
 from fusefs.seccomp import syscall_name
 
 __all__ = [
@@ -153,25 +154,6 @@ class _CapData(ctypes.Structure):
     )
 
 
-_libc_handle: ctypes.CDLL | None = None
-
-
-def _libc() -> ctypes.CDLL:
-    global _libc_handle
-    if _libc_handle is None:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                               ctypes.c_ulong)
-        libc.prctl.restype = ctypes.c_int
-        libc.unshare.argtypes = (ctypes.c_int,)
-        libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                               ctypes.c_ulong, ctypes.c_char_p)
-        libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-        libc.syscall.restype = ctypes.c_long
-        _libc_handle = libc
-    return _libc_handle
-
-
 def _check(rc: int, what: str) -> int:
     if rc < 0:
         err = ctypes.get_errno()
@@ -180,7 +162,7 @@ def _check(rc: int, what: str) -> int:
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> int:
-    return _check(_libc().prctl(option, arg2, arg3, 0, 0), what)
+    return _check(LIBC.prctl(option, arg2, arg3, 0, 0), what)
 
 
 # --- preload ---------------------------------------------------------------------------
@@ -258,7 +240,6 @@ def preload(extra_modules: Iterable[str] = (), encodings: Iterable[str] = ()) ->
     for library in _LIBRARIES:
         with contextlib.suppress(OSError):
             ctypes.CDLL(library)
-    _libc()
     try:
         seccomp.load_library()
     except seccomp.SeccompError as exc:
@@ -331,7 +312,7 @@ def _write(path: str, text: str) -> None:
 
 def _unshare(namespaces: int = NAMESPACES) -> None:
     uid, gid = os.geteuid(), os.getegid()
-    rc = _libc().unshare(namespaces)
+    rc = LIBC.unshare(namespaces)
     if rc < 0:
         err = ctypes.get_errno()
         hint = ""
@@ -345,8 +326,7 @@ def _unshare(namespaces: int = NAMESPACES) -> None:
 
 def _empty_root() -> None:
     """Pivot into an empty read-only tmpfs and detach the old root (all of it)."""
-    libc = _libc()
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
+    _check(LIBC.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
     base = next(
         (d for d in ("/tmp", "/mnt", "/dev", "/run", "/proc")
          if os.path.isdir(d) and not os.path.islink(d)),
@@ -355,14 +335,14 @@ def _empty_root() -> None:
     if base is None:
         raise SandboxError("no directory to mount the empty root on")
     _check(
-        libc.mount(b"pyfsmount", base.encode(), b"tmpfs",
+        LIBC.mount(b"pyfsmount", base.encode(), b"tmpfs",
                    MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                    b"size=4k,nr_inodes=2,mode=0555"),
         "mount the empty root",
     )
     os.chdir(base)
-    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
-    _check(libc.umount2(b".", MNT_DETACH), "detach the old root")
+    _check(LIBC.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(LIBC.umount2(b".", MNT_DETACH), "detach the old root")
     os.chdir("/")
     if os.listdir("/"):
         raise SandboxError("the new root is not empty")
@@ -371,26 +351,25 @@ def _empty_root() -> None:
 def _drop_privileges(cap_last: int) -> None:
     _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN, what="PR_SET_SECUREBITS")
     for cap in range(cap_last + 1):
-        rc = _libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+        rc = LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
         if rc < 0 and ctypes.get_errno() != errno.EINVAL:
             _check(rc, f"PR_CAPBSET_DROP {cap}")
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="PR_CAP_AMBIENT_CLEAR_ALL")
     header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    _check(_libc().syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
+    _check(LIBC.syscall(SYS_CAPSET, ctypes.byref(header), ctypes.byref(data)), "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
     for cap in range(cap_last + 1):
-        if _libc().prctl(PR_CAPBSET_READ, cap, 0, 0, 0) > 0:
+        if LIBC.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) > 0:
             raise SandboxError(f"capability {cap} still in the bounding set")
 
 
 def _close_fds_except(keep: Collection[int]) -> None:
     """close_range() over every gap between the fds to keep."""
-    libc = _libc()
     low = 0
     for fd in [*sorted(set(keep)), 2**31 - 1]:
         if fd > low:
-            rc = libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(low), ctypes.c_uint(fd - 1), 0)
+            rc = LIBC.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(low), ctypes.c_uint(fd - 1), 0)
             if rc < 0:
                 os.closerange(low, min(fd, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         low = fd + 1
@@ -541,7 +520,7 @@ def _as_intermediate(report_w: int) -> None:
     """In the intermediate: unshare the pid namespace, fork its pid 1, report the pid and
     exit; returns only in that child."""
     try:
-        _check(_libc().unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        _check(LIBC.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
     except SandboxError as exc:
         os.write(report_w, str(exc).encode())
         os._exit(1)
@@ -664,7 +643,7 @@ def precompile_seccomp() -> None:
 
 def install_seccomp() -> None:
     """The allowlist (default: kill the process); see fusefs.seccomp.driver_rules."""
-    if _libc().prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1:
+    if LIBC.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1:
         _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
     try:
         program = _compiled_filters.get(os.getpid())

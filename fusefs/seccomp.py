@@ -19,6 +19,8 @@ import select
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from fusefs.libc import LIBC
+
 # --- libseccomp constants (seccomp.h, libseccomp 2.5) ---------------------------------
 ACT_KILL_PROCESS = 0x80000000
 ACT_ALLOW = 0x7FFF0000
@@ -117,12 +119,11 @@ class Rule:
 
 
 _lib: ctypes.CDLL | None = None
-_libc: ctypes.CDLL | None = None
 
 
 def load_library() -> ctypes.CDLL:
     """libseccomp.so.2, loaded once (before the sandbox hides the file system)."""
-    global _lib, _libc
+    global _lib
     if _lib is not None:
         return _lib
     try:
@@ -155,10 +156,7 @@ def load_library() -> ctypes.CDLL:
     lib.seccomp_export_pfc.restype = ctypes.c_int
     lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
     lib.seccomp_export_bpf.restype = ctypes.c_int
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.free.argtypes = (ctypes.c_void_p,)
-    libc.free.restype = None
-    _lib, _libc = lib, libc
+    _lib = lib
     return lib
 
 
@@ -178,14 +176,13 @@ def syscall_name(nr: int) -> str:
         lib = load_library()
     except SeccompError:
         return f"syscall_{nr}"
-    assert _libc is not None
     ptr = lib.seccomp_syscall_resolve_num_arch(ARCH_X86_64, nr)
     if not ptr:
         return f"syscall_{nr}"
     try:
         return ctypes.string_at(ptr).decode()
     finally:
-        _libc.free(ptr)
+        LIBC.free(ptr)
 
 
 class Filter:
@@ -416,8 +413,7 @@ def load_program(program: bytes) -> None:
         raise SeccompError(errno.EINVAL, "not a BPF program")
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // BPF_INSTRUCTION_SIZE, ctypes.addressof(buffer))
-    libc = ctypes.CDLL(None, use_errno=True)
-    rc = libc.syscall(
+    rc = LIBC.syscall(
         SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, ctypes.byref(fprog)
     )
     if rc != 0:

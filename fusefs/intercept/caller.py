@@ -19,6 +19,7 @@ import socket
 import stat
 
 from fusefs.intercept.notify import identity
+from fusefs.libc import LIBC
 from fusefs.mount import (
     AT_EMPTY_PATH,
     AT_FDCWD,
@@ -45,8 +46,6 @@ CALLER_REFUSED_OPTIONS = frozenset(
     {"sandbox", "max_memory", "debug", "allow_other", "fsname", "busy_poll", "request_timeout"}
     | {"suid", "dev", "exec", "nosuid", "nodev", "noexec", "offset", "partition"}
 )
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class CallRefused(OSError):
@@ -222,7 +221,7 @@ def _helper(
     groups: list[int],
 ) -> int:
     """In the forked helper: become the caller's view, then serve open and attach."""
-    if _libc.setns(mnt_ns, CLONE_NEWNS) != 0:
+    if LIBC.setns(mnt_ns, CLONE_NEWNS) != 0:
         return 1
     os.fchdir(root)
     os.chroot(".")
@@ -274,7 +273,7 @@ def _uncover(path: bytes, wanted: tuple[int, int]) -> int:
         return exc.errno or errno.EIO
     if identity(info) != wanted:
         return 0
-    return ctypes.get_errno() if _libc.umount2(path, MNT_DETACH) else 0
+    return ctypes.get_errno() if LIBC.umount2(path, MNT_DETACH) else 0
 
 
 def _reply_open(
@@ -283,8 +282,8 @@ def _reply_open(
     """Open both paths with the caller's file-system ids; send the fds, or the errno."""
     opened: list[int] = []
     os.setgroups(groups)
-    _libc.setfsgid(fs_ids[1])
-    _libc.setfsuid(fs_ids[0])
+    LIBC.setfsgid(fs_ids[1])
+    LIBC.setfsuid(fs_ids[0])
     try:
         image = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
         opened.append(image)
@@ -299,8 +298,8 @@ def _reply_open(
         sock.send(str(exc.errno or errno.EIO).encode())
         return
     finally:
-        _libc.setfsuid(0)
-        _libc.setfsgid(0)
+        LIBC.setfsuid(0)
+        LIBC.setfsgid(0)
         os.setgroups([])
     socket.send_fds(sock, [b"0"], opened)
     for fd in opened:

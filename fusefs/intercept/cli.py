@@ -21,6 +21,7 @@ from fusefs.intercept.loop import (
 from fusefs.intercept.notify import ACT_NOTIFY, NotifyError, install_listener
 from fusefs.intercept.policy import REDIRECT_DEFAULT, InterceptPolicy, PolicyError, load_policy
 from fusefs.intercept.supervisor import Supervisor
+from fusefs.libc import LIBC
 from fusefs.mount import CLONE_NEWNS, CLONE_NEWUSER
 from fusefs.options import MS_NODEV, MS_NOEXEC, MS_NOSUID
 from fusefs.template import Template, TemplateError
@@ -175,7 +176,7 @@ def _become_command(
 ) -> None:
     """In the child: namespaces (and the loop stand-ins), the filter, the listener to the
     parent, then exec."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = LIBC
     if emulate_loop or userns:
         # Where libmount would make it on first use; made while still root here, so
         # that the command's own table can be mounted over it (private_mount_table).

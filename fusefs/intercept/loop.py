@@ -48,6 +48,7 @@ from fusefs.intercept.notify import (
     take_fd,
     write_bytes,
 )
+from fusefs.libc import LIBC
 from fusefs.mount import MNT_DETACH
 from fusefs.options import MS_NODEV, MS_NOEXEC, MS_NOSUID
 
@@ -101,9 +102,6 @@ class LoopConfig(ctypes.Structure):
     ]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def cover_loop_devices(scratch: str = "/tmp") -> dict[str, object]:
     """In the command's own mount namespace, before it starts: cover /dev/loop-control
     and each /dev/loopN with an empty file (mode 0666) of a private tmpfs, mounted at
@@ -119,7 +117,7 @@ def cover_loop_devices(scratch: str = "/tmp") -> dict[str, object]:
         if re.fullmatch(r"loop\d+", name) and stat.S_ISBLK(os.stat(f"/dev/{name}").st_mode)
     )[:MAX_DEVICES]
     tmpfs_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if _libc.mount(b"pyfsmount-loop", scratch.encode(), b"tmpfs", tmpfs_flags, b"size=64k"):
+    if LIBC.mount(b"pyfsmount-loop", scratch.encode(), b"tmpfs", tmpfs_flags, b"size=64k"):
         raise OSError(ctypes.get_errno(), "mounting the stand-ins' tmpfs")
     covered: dict[str, object] = {}
     try:
@@ -129,7 +127,7 @@ def cover_loop_devices(scratch: str = "/tmp") -> dict[str, object]:
             os.close(os.open(stand_in, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
             os.chmod(stand_in, 0o666)
             target = f"/dev/{name}"
-            if _libc.mount(stand_in.encode(), target.encode(), None, MS_BIND, None):
+            if LIBC.mount(stand_in.encode(), target.encode(), None, MS_BIND, None):
                 raise OSError(ctypes.get_errno(), f"covering {target}")
             info = os.stat(target)
             if name == "loop-control":
@@ -138,7 +136,7 @@ def cover_loop_devices(scratch: str = "/tmp") -> dict[str, object]:
                 devices[int(name[4:])] = list(identity(info))
         covered["devices"] = devices
     finally:
-        _libc.umount2(scratch.encode(), MNT_DETACH)
+        LIBC.umount2(scratch.encode(), MNT_DETACH)
     return covered
 
 

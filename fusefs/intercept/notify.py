@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from fusefs import seccomp
+from fusefs.libc import LIBC
 
 SYS_SECCOMP = 317
 SECCOMP_SET_MODE_FILTER = 1
@@ -33,7 +34,6 @@ SECCOMP_ADDFD_FLAG_SETFD, SECCOMP_ADDFD_FLAG_SEND = 1 << 0, 1 << 1
 #: libseccomp's action for "send to the listener".
 ACT_NOTIFY = 0x7FC00000
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _T = TypeVar("_T")
 
 
@@ -102,7 +102,7 @@ def install_listener(rules: list[seccomp.Rule]) -> int:
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
     prog = _Prog(len(program) // 8, ctypes.addressof(buffer))
-    fd = _libc.syscall(
+    fd = LIBC.syscall(
         ctypes.c_long(SYS_SECCOMP),
         ctypes.c_long(SECCOMP_SET_MODE_FILTER),
         ctypes.c_long(SECCOMP_FILTER_FLAG_NEW_LISTENER),
@@ -117,7 +117,7 @@ def install_listener(rules: list[seccomp.Rule]) -> int:
 def receive(listener: int) -> Call | None:
     """The next trapped call; None if it vanished before we got it (caller killed)."""
     notif = _Notif()
-    if _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_RECV), ctypes.byref(notif)) < 0:
+    if LIBC.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_RECV), ctypes.byref(notif)) < 0:
         err = ctypes.get_errno()
         if err in (errno.ENOENT, errno.EINTR):
             return None
@@ -129,7 +129,7 @@ def still_valid(listener: int, call_id: int) -> bool:
     """Whether the caller still waits in this call (so its pid still names it)."""
     cookie = ctypes.c_uint64(call_id)
     return bool(
-        _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_ID_VALID), ctypes.byref(cookie))
+        LIBC.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_ID_VALID), ctypes.byref(cookie))
         == 0
     )
 
@@ -141,7 +141,7 @@ def respond(
     resp = _Resp(call_id, 0 if proceed else value, 0 if proceed else -error, 0)
     if proceed:
         resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE
-    if _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_SEND), ctypes.byref(resp)) < 0:
+    if LIBC.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_SEND), ctypes.byref(resp)) < 0:
         err = ctypes.get_errno()
         if err != errno.ENOENT:  # ENOENT: the caller is gone; nothing to answer
             raise NotifyError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")
@@ -163,7 +163,7 @@ def replace_fd(listener: int, call_id: int, fd: int, number: int, cloexec: bool)
 
 def _add_fd(listener: int, call_id: int, fd: int, flags: int, number: int, cloexec: bool) -> int:
     request = _AddFd(call_id, flags, fd, number, os.O_CLOEXEC if cloexec else 0)
-    result = _libc.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_ADDFD), ctypes.byref(request))
+    result = LIBC.ioctl(listener, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_ADDFD), ctypes.byref(request))
     if result < 0:
         err = ctypes.get_errno()
         raise NotifyError(err, f"SECCOMP_IOCTL_NOTIF_ADDFD: {os.strerror(err)}")
@@ -255,13 +255,13 @@ def _access_memory(call: Call, access: Callable[[int], _T], mode: int) -> _T:
 
 def take_fd(listener: int, call: Call, fd: int) -> int:
     """A copy of the caller's ``fd`` (pidfd_getfd): the file it opened, with its rights."""
-    pidfd = _libc.syscall(ctypes.c_long(SYS_PIDFD_OPEN), ctypes.c_long(call.pid), 0)
+    pidfd = LIBC.syscall(ctypes.c_long(SYS_PIDFD_OPEN), ctypes.c_long(call.pid), 0)
     if pidfd < 0:
         raise NotifyError(ctypes.get_errno(), "pidfd_open")
     try:
         ensure_waiting(listener, call)  # the pidfd may name another process
         number = ctypes.c_int32(fd & 0xFFFFFFFF).value
-        copy = _libc.syscall(
+        copy = LIBC.syscall(
             ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(number), 0
         )
         if copy < 0:
