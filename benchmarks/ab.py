@@ -15,6 +15,9 @@ dropping the page cache and times one probe on the benchmark image of the format
 - ``random``: bench.py's random 4 KiB reads of the 512 MiB file, reads per second;
 - ``mount``: mount to the first stat, ms.
 
+``--after PROBE`` runs PROBE, untimed, before each timed probe: the full benchmark runs
+the small files before the random reads, and this VM's memory is not the same after it.
+
 Why the order alternates (ABBA): on this VM the run just after another mount's page
 cache was dropped is faster than the one after it. An A/B that always ran A first
 showed a 30% "gain" that was only the order (benchmarks/RESULTS.md, 2026-12-03).
@@ -110,6 +113,12 @@ def main() -> None:
     )
     parser.add_argument("--format", default="ext4", choices=[f.name for f in FORMATS])
     parser.add_argument("--runs", type=int, default=6, help="runs of each (default 6)")
+    parser.add_argument(
+        "--after",
+        choices=("seq", "walk", "small", "random"),
+        help="before each timed probe, run this one untimed on a mount of its own, as "
+        "bench.py's order does (what the one before left in memory matters on this VM)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("ab.py needs root (mounts, drop_caches)")
@@ -121,6 +130,8 @@ def main() -> None:
         target = Path(directory)
         for run in range(args.runs):
             for name in names if run % 2 == 0 else names[::-1]:
+                if args.after:
+                    measure(args.after, variants[name], image, target)
                 results[name].append(measure(args.probe, variants[name], image, target))
     units = {"seq": "MB/s", "walk": "s", "small": "s", "random": "reads/s", "mount": "ms"}
     unit = units[args.probe]
