@@ -674,10 +674,16 @@ def main() -> None:
             rows["mtools"] = functools.partial(mtools_row, image, scale)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
         # Round-robin: this VM's speed drifts by 2x over minutes, so each mounter's
-        # n-th run is taken next to the others' n-th run, not minutes apart.
-        for _ in range(scale.runs):
-            for name, row in rows.items():
-                runs[name].append(row())
+        # n-th run is taken next to the others' n-th run, not minutes apart. And the
+        # order turns by one each run, so that no mounter always follows the same one:
+        # in fixed order the standalone driver, always right after fuse2fs, read ext4 at
+        # 307 MB/s and the template's at 530, where alternating single mounts of the two
+        # read at 491 and 483 (RESULTS.md, 2026-12-03 evening).
+        names = list(rows)
+        for run in range(scale.runs):
+            turn = run % len(names)
+            for name in names[turn:] + names[:turn]:
+                runs[name].append(rows[name]())
         table = {name: summarize(results) for name, results in runs.items()}
         for name, results in runs.items():
             print(f"{fmt.name} {name}: {results}", file=sys.stderr)
