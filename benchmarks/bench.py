@@ -675,10 +675,10 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
         # Round-robin: this VM's speed drifts by 2x over minutes, so each mounter's
         # n-th run is taken next to the others' n-th run, not minutes apart. And the
-        # order turns by one each run, so that no mounter always follows the same one:
-        # in fixed order the standalone driver, always right after fuse2fs, read ext4 at
-        # 307 MB/s and the template's at 530, where alternating single mounts of the two
-        # read at 491 and 483 (RESULTS.md, 2026-12-03 evening).
+        # order turns by one each run, so that no mounter always follows the same one
+        # (what a probe leaves in memory changes the next one's pace on this VM; the
+        # standalone driver's slower reads, which this was meant to test, remained:
+        # RESULTS.md, 2026-12-03 evening).
         names = list(rows)
         for run in range(scale.runs):
             turn = run % len(names)
