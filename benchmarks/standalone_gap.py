@@ -1,0 +1,123 @@
+"""Why a standalone driver reads the big file more slowly than a template-forked one.
+
+    sudo .venv/bin/python benchmarks/standalone_gap.py [--format ext4] [--runs 6]
+                                                       [--churn imports|memory|files|cpu]
+
+In most full runs of bench.py the standalone driver's sequential read is slower than the
+template-forked driver's (ext4 307 against 530 MB/s at 0c9da6b), with the same driver
+code. This script times only that read, as bench.py does (an untimed stat walk on a
+mount of its own first, then drop the page cache, mount, start 1 s after the drop, read
+the 512 MiB file 1 MiB at a time), for three variants in alternating order:
+
+- ``standalone``: ``pyfsmount IMAGE DIR``, a fresh launcher and driver;
+- ``template``: a driver forked from a resident template;
+- ``template+churn``: the same, but a throwaway process does part of what a standalone
+  mount does (``--churn``) between the mount and the read:
+  ``imports`` starts an interpreter that imports everything a driver imports (cold, as
+  the cache was just dropped); ``memory`` touches 128 MiB and frees it; ``files`` reads
+  the driver's 29 MiB of module files; ``cpu`` spins for 0.5 s.
+
+If ``template+churn`` reads like ``standalone``, the churn is (part of) the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench import (
+    FORMATS,
+    FULL,
+    PYTHON,
+    WORK,
+    Mounter,
+    Pyfsmount,
+    PyfsmountTemplate,
+    drop_caches,
+    image_of,
+    read_file,
+    start_probe,
+    stat_walk,
+    timed,
+    wait_unmounted,
+)
+
+CHURNS = {
+    "imports": "import fusefs.driver\nfrom fusefs import sandbox\nsandbox.preload()\n",
+    "memory": "b = bytearray(128 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n",
+    "files": "import sys\nfor name in sys.argv[1:]: open(name, 'rb').read()\n",
+    "cpu": "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.5: pass\n",
+}
+
+
+#: What the driver imports: the files the ``files`` churn reads.
+DRIVER_FILES = (
+    "import sys, fusefs.driver\nfrom fusefs import sandbox\nsandbox.preload()\n"
+    "for m in list(sys.modules.values()):\n"
+    "    name = getattr(m, '__cached__', None) or getattr(m, '__file__', None)\n"
+    "    if name: print(name)\n"
+)
+
+
+def churn_command(churn: str) -> list[str]:
+    arguments: list[str] = []
+    if churn == "files":
+        listing = subprocess.run(
+            [PYTHON, "-c", DRIVER_FILES], check=True, capture_output=True, text=True
+        )
+        arguments = sorted(set(listing.stdout.split()))
+    return [PYTHON, "-c", CHURNS[churn], *arguments]
+
+
+def timed_read(mounter: Mounter, image: Path, target: Path, churn: list[str] | None) -> float:
+    """MB/s of a cold read of the big file, after an untimed walk (bench.py's order)."""
+    for probe in ("walk", "seq"):
+        dropped = drop_caches()
+        mounter.mount(image, target)
+        try:
+            if churn and probe == "seq":
+                subprocess.run(churn, check=True)
+            start_probe(dropped)
+            if probe == "walk":
+                stat_walk(target)
+            else:
+                return FULL.big_file / 1e6 / timed(lambda: read_file(target / "big"))
+        finally:
+            mounter.unmount(target)
+            wait_unmounted(target)
+    raise AssertionError("unreachable")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--format", default="ext4", choices=[f.name for f in FORMATS])
+    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--churn", default="imports", choices=sorted(CHURNS))
+    args = parser.parse_args()
+    image = image_of(next(f for f in FORMATS if f.name == args.format), FULL)
+    template = PyfsmountTemplate()
+    template.prepare()
+    variants: dict[str, tuple[Mounter, list[str] | None]] = {
+        "standalone": (Pyfsmount(), None),
+        "template": (template, None),
+        "template+churn": (template, churn_command(args.churn)),
+    }
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    with tempfile.TemporaryDirectory(prefix="gap-", dir=WORK) as directory:
+        for run in range(args.runs):
+            for name in names if run % 2 == 0 else names[::-1]:
+                mounter, churn = variants[name]
+                results[name].append(timed_read(mounter, image, Path(directory), churn))
+    for name, values in results.items():
+        runs = " ".join(f"{value:.0f}" for value in values)
+        print(f"{name}: median {statistics.median(values):.0f} MB/s ({runs})")
+
+
+if __name__ == "__main__":
+    main()
