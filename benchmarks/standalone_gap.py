@@ -26,6 +26,7 @@ import argparse
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import (
@@ -72,23 +73,32 @@ def churn_command(churn: str) -> list[str]:
     return [PYTHON, "-c", CHURNS[churn], *arguments]
 
 
+def cold(
+    mounter: Mounter,
+    image: Path,
+    target: Path,
+    probe: Callable[[Path], object],
+    churn: list[str] | None = None,
+) -> float:
+    """Seconds ``probe(target)`` takes on a fresh mount, 1 s after the page cache is
+    dropped (``churn`` run between the mount and the probe)."""
+    dropped = drop_caches()
+    mounter.mount(image, target)
+    try:
+        if churn:
+            subprocess.run(churn, check=True)
+        start_probe(dropped)
+        return timed(lambda: probe(target))
+    finally:
+        mounter.unmount(target)
+        wait_unmounted(target)
+
+
 def timed_read(mounter: Mounter, image: Path, target: Path, churn: list[str] | None) -> float:
     """MB/s of a cold read of the big file, after an untimed walk (bench.py's order)."""
-    for probe in ("walk", "seq"):
-        dropped = drop_caches()
-        mounter.mount(image, target)
-        try:
-            if churn and probe == "seq":
-                subprocess.run(churn, check=True)
-            start_probe(dropped)
-            if probe == "walk":
-                stat_walk(target)
-            else:
-                return FULL.big_file / 1e6 / timed(lambda: read_file(target / "big"))
-        finally:
-            mounter.unmount(target)
-            wait_unmounted(target)
-    raise AssertionError("unreachable")
+    cold(mounter, image, target, stat_walk)
+    seconds = cold(mounter, image, target, lambda root: read_file(root / "big"), churn)
+    return FULL.big_file / 1e6 / seconds
 
 
 def main() -> None:

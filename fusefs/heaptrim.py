@@ -95,13 +95,11 @@ class HeapTrimmer:
         last_trim = trio.current_time()
         # Deadlines compared as they are slept until: no rounding can spin this loop.
         while trio.current_time() < (burst_over := self.last_request + self.idle):
-            next_trim = last_trim + self.busy_interval
-            if trio.current_time() >= next_trim:
+            if trio.current_time() >= last_trim + self.busy_interval:
                 if self.last_request > last_trim and self.worth_trimming():
                     self._trim()
                 last_trim = trio.current_time()
-                next_trim = last_trim + self.busy_interval
-            await trio.sleep_until(min(burst_over, next_trim))
+            await trio.sleep_until(min(burst_over, last_trim + self.busy_interval))
 
     def _trim(self) -> None:
         trim()

@@ -158,7 +158,7 @@ def run(
         supervisor.wait_for_drivers(timeout=10)
 
 
-def private_mount_table(libc: ctypes.CDLL) -> None:
+def private_mount_table() -> None:
     """Give the command its own /run/mount (an empty tmpfs, writable by all of it).
 
     libmount keeps there what the kernel does not (utab: "loop", "user", helper
@@ -167,7 +167,7 @@ def private_mount_table(libc: ctypes.CDLL) -> None:
     table"); a command that can would mix its private mounts into the host's table.
     """
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if libc.mount(b"pyfsmount-utab", RUN_MOUNT.encode(), b"tmpfs", flags, b"mode=1777,size=1m"):
+    if LIBC.mount(b"pyfsmount-utab", RUN_MOUNT.encode(), b"tmpfs", flags, b"mode=1777,size=1m"):
         raise OSError(ctypes.get_errno(), f"mounting a tmpfs at {RUN_MOUNT}")
 
 
@@ -176,14 +176,13 @@ def _become_command(
 ) -> None:
     """In the child: namespaces (and the loop stand-ins), the filter, the listener to the
     parent, then exec."""
-    libc = LIBC
     if emulate_loop or userns:
         # Where libmount would make it on first use; made while still root here, so
         # that the command's own table can be mounted over it (private_mount_table).
         os.makedirs(RUN_MOUNT, mode=0o755, exist_ok=True)
     if userns:
         uid, gid = os.getuid(), os.getgid()
-        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+        if LIBC.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
             raise OSError(ctypes.get_errno(), "unshare")
         with open("/proc/self/setgroups", "w") as f:
             f.write("deny")
@@ -191,19 +190,19 @@ def _become_command(
             f.write(f"0 {uid} 1")
         with open("/proc/self/gid_map", "w") as f:
             f.write(f"0 {gid} 1")
-        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        if LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
             raise OSError(ctypes.get_errno(), "making mounts private")
     covered: dict[str, object] = {}
     if emulate_loop:
         if not userns:  # the stand-ins need a mount namespace of the command's own
-            if libc.unshare(CLONE_NEWNS) != 0:
+            if LIBC.unshare(CLONE_NEWNS) != 0:
                 raise OSError(ctypes.get_errno(), "unshare")
-            if libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
+            if LIBC.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
                 raise OSError(ctypes.get_errno(), "making mounts slaves")
         covered = cover_loop_devices()
     if emulate_loop or userns:
-        private_mount_table(libc)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        private_mount_table()
+    if LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "no_new_privs")
     rules = [seccomp.Rule(name, ACT_NOTIFY) for name in TRAPPED_CALLS]
     if emulate_loop:
