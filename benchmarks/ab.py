@@ -41,6 +41,7 @@ from bench import (
     PYTHON,
     WORK,
     drop_caches,
+    host_backed_memory,
     image_of,
     random_reads,
     read_file,
@@ -126,7 +127,11 @@ def main() -> None:
     variants = {args.old: export(args.old), args.new or "worktree": export(args.new)}
     results: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
-    with tempfile.TemporaryDirectory(prefix="ab-", dir=WORK) as directory:
+    with (
+        host_backed_memory() as memory,
+        tempfile.TemporaryDirectory(prefix="ab-", dir=WORK) as directory,
+    ):
+        print(memory)
         target = Path(directory)
         for run in range(args.runs):
             for name in names if run % 2 == 0 else names[::-1]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import functools
 import mmap
 import os
@@ -35,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -447,6 +448,50 @@ def peak_rss_mib(pids: list[int]) -> float:
     return max(peaks, default=float("nan"))
 
 
+#: Where this VM's balloon driver is told the smallest block of free memory (as a page
+#: order) that it hands back to its host (free page reporting).
+PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+#: Memory touched once at the start of a run (see :func:`host_backed_memory`): more than
+#: any probe fills (the 512 MiB file's page cache, the image's, the daemon's).
+WARM_MEMORY = 3 << 30
+MADV_POPULATE_WRITE = 23  # Linux 5.14; not in Python 3.11's mmap module
+
+
+@contextlib.contextmanager
+def host_backed_memory() -> Iterator[str]:
+    """Keep free memory backed by the host for the run; yield a line saying so.
+
+    This VM's balloon driver hands free memory back to its host in the background (free
+    page reporting: blocks of order 5, 128 MiB every ~2 s), and the next page cache made
+    of such a page pays a host fault on first touch. A cold read thus ran at whatever
+    share of its pages had been handed back since the last probe freed them: a buffered
+    512 MiB read of the ext4 image at 1,600-1,900 MB/s right after ``drop_caches``,
+    320-380 after 8-12 s, and the pace of every cold probe depended on its mounter's
+    start-up time, memory and place in the order, not on its file system. With reporting
+    paused the same read ran at 1,310-1,530 MB/s 0-6 s after the drop (RESULTS.md,
+    2026-12-03 night).
+
+    So, for the run: reporting is paused (the order set one past the largest, so no
+    block qualifies) and the original order restored afterwards; and :data:`WARM_MEMORY`
+    is touched once and freed, so the first probes too find pages the host backs.
+    Machines without the parameter run as they are.
+    """
+    try:
+        original = PAGE_REPORTING_ORDER.read_text().strip()
+    except OSError:
+        yield "no free page reporting"
+        return
+    # "Node 0, zone DMA" and a count per order: the number of orders is one past the largest.
+    orders = len(Path("/proc/buddyinfo").read_text().split("\n")[0].split()) - 4
+    PAGE_REPORTING_ORDER.write_text(f"{orders}\n")
+    try:
+        with mmap.mmap(-1, WARM_MEMORY) as memory:
+            memory.madvise(MADV_POPULATE_WRITE)
+        yield f"free page reporting paused (order {original} -> {orders}) for the run"
+    finally:
+        PAGE_REPORTING_ORDER.write_text(f"{original}\n")
+
+
 def drop_caches() -> float:
     """Empty the page cache; the time it was emptied (see :func:`start_probe`)."""
     os.sync()
@@ -468,7 +513,9 @@ def start_probe(dropped: float) -> None:
     0.32-0.61 after 4-12 s. So a cold probe run right after its mount was faster for a
     mounter that mounts in 20 ms than for one that takes 600 ms, whatever the file
     system did. Every cold probe (every mounter, mtools) therefore starts at the same
-    time after the drop: longer than any mount takes.
+    time after the drop: longer than any mount takes. (Runs now pause the reporting
+    itself, :func:`host_backed_memory`; the common start remains, as the one condition
+    every mounter is measured under.)
     """
     late = time.perf_counter() - dropped - PROBE_START_S
     if late > 0:
@@ -660,42 +707,52 @@ def main() -> None:
     if args.runs:
         scale = Scale(**{**scale.__dict__, "runs": args.runs})
     formats = [f for f in FORMATS if not args.format or f.name in args.format]
-    printed: list[str] = []
-    for fmt in formats:
-        image = image_of(fmt, scale)
-        rows: dict[str, Callable[[], dict[str, float]]] = {
-            m.name: functools.partial(measure, m, image, scale)
-            for m in fmt.mounters()
-            if not args.only or m.name in args.only
-        }
-        if not args.only or "machine" in args.only:
-            rows["machine"] = functools.partial(machine_row, image, scale)
-        if fmt.name == "fat32" and (not args.only or "mtools" in args.only):
-            rows["mtools"] = functools.partial(mtools_row, image, scale)
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
-        # Round-robin: this VM's speed drifts by 2x over minutes, so each mounter's
-        # n-th run is taken next to the others' n-th run, not minutes apart. And the
-        # order turns by one each run, so that no mounter always follows the same one
-        # (what a probe leaves in memory changes the next one's pace on this VM; the
-        # standalone driver's slower reads, which this was meant to test, remained:
-        # RESULTS.md, 2026-12-03 evening).
-        names = list(rows)
-        for run in range(scale.runs):
-            turn = run % len(names)
-            for name in names[turn:] + names[:turn]:
-                runs[name].append(rows[name]())
-        table = {name: summarize(results) for name, results in runs.items()}
-        for name, results in runs.items():
-            print(f"{fmt.name} {name}: {results}", file=sys.stderr)
-        if table:
-            printed.append(report(table, scale, fmt) + "\n\n" + spread(runs))
-            print(printed[-1] + "\n", flush=True)
+    with host_backed_memory() as memory:
+        print(memory, file=sys.stderr)
+        printed = [run_format(fmt, scale, args.only) for fmt in formats]
+    printed = [text for text in printed if text]
     if printed and (not args.quick if args.record is None else args.record):
-        record(printed)
+        record(printed, memory)
 
 
-def record(printed: list[str]) -> None:
-    """Append this run's tables to RESULTS.md, under what it takes to reproduce them."""
+def run_format(fmt: Format, scale: Scale, only: list[str] | None) -> str:
+    """Every mounter of ``fmt`` (or those ``only`` names), run by run: the table it
+    printed, with its ranges ('' if no mounter was chosen)."""
+    image = image_of(fmt, scale)
+    rows: dict[str, Callable[[], dict[str, float]]] = {
+        m.name: functools.partial(measure, m, image, scale)
+        for m in fmt.mounters()
+        if not only or m.name in only
+    }
+    if not only or "machine" in only:
+        rows["machine"] = functools.partial(machine_row, image, scale)
+    if fmt.name == "fat32" and (not only or "mtools" in only):
+        rows["mtools"] = functools.partial(mtools_row, image, scale)
+    if not rows:
+        return ""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in rows}
+    # Round-robin: this VM's speed drifts by 2x over minutes, so each mounter's
+    # n-th run is taken next to the others' n-th run, not minutes apart. And the
+    # order turns by one each run, so that no mounter always follows the same one
+    # (what a probe leaves in memory changes the next one's pace on this VM; the
+    # standalone driver's slower reads, which this was meant to test, remained:
+    # RESULTS.md, 2026-12-03 evening).
+    names = list(rows)
+    for run in range(scale.runs):
+        turn = run % len(names)
+        for name in names[turn:] + names[:turn]:
+            runs[name].append(rows[name]())
+    table = {name: summarize(results) for name, results in runs.items()}
+    for name, results in runs.items():
+        print(f"{fmt.name} {name}: {results}", file=sys.stderr)
+    printed = report(table, scale, fmt) + "\n\n" + spread(runs)
+    print(printed + "\n", flush=True)
+    return printed
+
+
+def record(printed: list[str], memory: str) -> None:
+    """Append this run's tables to RESULTS.md, under what it takes to reproduce them
+    (``memory``: how the run kept the host's backing of free memory)."""
     command = " ".join(["sudo .venv/bin/python benchmarks/bench.py", *sys.argv[1:]])
     commit = subprocess.run(
         ["git", "-C", str(PROJECT), "describe", "--always", "--dirty"],
@@ -707,7 +764,7 @@ def record(printed: list[str]) -> None:
     section = [
         f"## {when}: `{command}` (recorded by bench.py)",
         "",
-        f"{machine()}; commit {commit or 'unknown'}.",
+        f"{machine()}; {memory}; commit {commit or 'unknown'}.",
         "",
         *(f"{text}\n" for text in printed),
     ]

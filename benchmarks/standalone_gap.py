@@ -38,6 +38,7 @@ from bench import (
     Pyfsmount,
     PyfsmountTemplate,
     drop_caches,
+    host_backed_memory,
     image_of,
     read_file,
     start_probe,
@@ -119,7 +120,11 @@ def main() -> None:
     }
     results: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
-    with tempfile.TemporaryDirectory(prefix="gap-", dir=WORK) as directory:
+    with (
+        host_backed_memory() as memory,
+        tempfile.TemporaryDirectory(prefix="gap-", dir=WORK) as directory,
+    ):
+        print(memory)
         for run in range(args.runs):
             for name in names if run % 2 == 0 else names[::-1]:
                 mounter, churn = variants[name]
