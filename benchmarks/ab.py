@@ -31,23 +31,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import (
     FORMATS,
     FULL,
+    PROBES,
     PROJECT,
-    PYTHON,
     WORK,
-    drop_caches,
+    Mounter,
+    Pyfsmount,
+    cold_mount,
     host_backed_memory,
     image_of,
-    random_reads,
-    read_file,
-    read_small_files,
-    start_probe,
-    stat_walk,
+    mount_time,
 )
 
 
@@ -70,37 +67,21 @@ def export(revision: str | None) -> Path:
     return target
 
 
-def mount(code: Path, image: Path, target: Path) -> None:
-    environment = {**os.environ, "PYTHONPATH": str(code)}
-    subprocess.run(
-        [PYTHON, "-m", "fusefs", str(image), str(target)], cwd=code, env=environment, check=True
-    )
+#: ``--probe`` and ``--after`` names of bench.py's cold probes.
+PROBE_COLUMNS = {
+    "seq": "seq read MB/s",
+    "walk": "stat walk s",
+    "small": "small files s",
+    "random": "random 4K ops/s",
+}
 
 
-def unmount(target: Path) -> None:
-    subprocess.run(["fusermount3", "-u", str(target)], check=True)
-    time.sleep(0.3)
-
-
-def measure(probe: str, code: Path, image: Path, target: Path) -> float:
-    start = drop_caches()
-    mount(code, image, target)
-    try:
-        (target / "big").stat()
-        if probe == "mount":
-            return (time.perf_counter() - start) * 1000
-        start_probe(start)
-        started = time.perf_counter()
-        if probe in ("walk", "small"):
-            (stat_walk if probe == "walk" else read_small_files)(target)
-            return time.perf_counter() - started
-        if probe == "random":
-            random_reads(target / "big", FULL.random_reads)
-            return FULL.random_reads / (time.perf_counter() - started)
-        size = read_file(target / "big")
-        return size / 1e6 / (time.perf_counter() - started)
-    finally:
-        unmount(target)
+def measure(probe: str, mounter: Mounter, image: Path, target: Path) -> float:
+    """One cold ``probe`` (or the mount time) on a fresh mount, as bench.py takes it."""
+    if probe == "mount":
+        return mount_time(mounter, image, target)
+    with cold_mount(mounter, image, target):
+        return PROBES[PROBE_COLUMNS[probe]](target, FULL)
 
 
 def main() -> None:
@@ -109,14 +90,12 @@ def main() -> None:
     )
     parser.add_argument("old", help="git revision")
     parser.add_argument("new", nargs="?", help="git revision (default: the working tree)")
-    parser.add_argument(
-        "--probe", choices=("seq", "walk", "small", "random", "mount"), default="seq"
-    )
+    parser.add_argument("--probe", choices=(*PROBE_COLUMNS, "mount"), default="seq")
     parser.add_argument("--format", default="ext4", choices=[f.name for f in FORMATS])
     parser.add_argument("--runs", type=int, default=6, help="runs of each (default 6)")
     parser.add_argument(
         "--after",
-        choices=("seq", "walk", "small", "random"),
+        choices=tuple(PROBE_COLUMNS),
         help="before each timed probe, run this one untimed on a mount of its own, as "
         "bench.py's order does (what the one before left in memory matters on this VM)",
     )
@@ -124,7 +103,10 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("ab.py needs root (mounts, drop_caches)")
     image = image_of(next(f for f in FORMATS if f.name == args.format), FULL)
-    variants = {args.old: export(args.old), args.new or "worktree": export(args.new)}
+    variants = {
+        args.old: Pyfsmount(code=export(args.old)),
+        args.new or "worktree": Pyfsmount(code=export(args.new)),
+    }
     results: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     with (

@@ -30,6 +30,7 @@ import mmap
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -345,16 +346,21 @@ class Fusefat(Mounter):
 
 
 class Pyfsmount(Mounter):
-    def __init__(self, *options: str) -> None:
+    """``pyfsmount IMAGE DIR``: the project's own code, or the ``drivers`` and ``fusefs``
+    packages in ``code`` (ab.py's exported revisions)."""
+
+    def __init__(self, *options: str, code: Path | None = None) -> None:
         self.options = list(options)
         self.name = "pyfsmount" + (f" -o {','.join(options)}" if options else "")
+        self.code = code
 
     def mount(self, image: Path, target: Path) -> None:
         args = ["-o", ",".join(self.options)] if self.options else []
         subprocess.run(
             [PYTHON, "-m", "fusefs", *args, str(image), str(target)],
             check=True,
-            cwd=PROJECT,
+            cwd=self.code or PROJECT,
+            env={**os.environ, "PYTHONPATH": str(self.code)} if self.code else None,
             stderr=subprocess.DEVNULL,
         )
 
@@ -484,12 +490,15 @@ def host_backed_memory() -> Iterator[str]:
     # "Node 0, zone DMA" and a count per order: the number of orders is one past the largest.
     orders = len(Path("/proc/buddyinfo").read_text().split("\n")[0].split()) - 4
     PAGE_REPORTING_ORDER.write_text(f"{orders}\n")
+    # A plain `kill` ends the run through the finally clause too.
+    on_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         with mmap.mmap(-1, WARM_MEMORY) as memory:
             memory.madvise(MADV_POPULATE_WRITE)
         yield f"free page reporting paused (order {original} -> {orders}) for the run"
     finally:
         PAGE_REPORTING_ORDER.write_text(f"{original}\n")
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def drop_caches() -> float:
@@ -574,42 +583,69 @@ def random_reads(path: Path, count: int) -> None:
         os.close(fd)
 
 
+#: The cold probes by their column: each gives its figure for a fresh mount at ``root``.
+PROBES: dict[str, Callable[[Path, Scale], float]] = {
+    "stat walk s": lambda root, scale: timed(lambda: stat_walk(root)),
+    "seq read MB/s": lambda root, scale: (
+        scale.big_file / 1e6 / timed(lambda: read_file(root / "big"))
+    ),
+    "re-read MB/s": lambda root, scale: scale.big_file / 1e6 / reread(root / "big"),
+    "small files s": lambda root, scale: timed(lambda: read_small_files(root)),
+    "random 4K ops/s": lambda root, scale: (
+        scale.random_reads / timed(lambda: random_reads(root / "big", scale.random_reads))
+    ),
+}
+
+
+def mount_time(mounter: Mounter, image: Path, target: Path) -> float:
+    """Milliseconds from emptying the page cache to the first stat in a fresh mount."""
+    start = drop_caches()
+    mounter.mount(image, target)
+    try:
+        (target / "d000").stat()
+        return (time.perf_counter() - start) * 1000
+    finally:
+        mounter.unmount(target)
+        wait_unmounted(target)
+
+
+@contextlib.contextmanager
+def cold_mount(
+    mounter: Mounter, image: Path, target: Path, meanwhile: Callable[[], object] | None = None
+) -> Iterator[None]:
+    """A fresh mount of ``image`` at ``target`` on an empty page cache, for one probe.
+
+    The body runs at the common start after the drop (:func:`start_probe`), whatever the
+    mounter's start-up took; ``meanwhile`` runs between the mount and that start
+    (standalone_gap.py's throwaway processes). Unmounted afterwards.
+    """
+    dropped = drop_caches()
+    mounter.mount(image, target)
+    try:
+        if meanwhile is not None:
+            meanwhile()
+        start_probe(dropped)
+        yield
+    finally:
+        mounter.unmount(target)
+        wait_unmounted(target)
+
+
 def measure(mounter: Mounter, image: Path, scale: Scale) -> dict[str, float]:
     """One cold run of every measurement, each on a fresh mount."""
     results: dict[str, float] = {}
     target = Path(tempfile.mkdtemp(prefix="bench-", dir=WORK))
-    big = target / "big"
-    probes: list[tuple[str, Callable[[], float]]] = [
-        ("stat walk s", lambda: timed(lambda: stat_walk(target))),
-        ("seq read MB/s", lambda: scale.big_file / 1e6 / timed(lambda: read_file(big))),
-        ("re-read MB/s", lambda: scale.big_file / 1e6 / reread(big)),
-        ("small files s", lambda: timed(lambda: read_small_files(target))),
-        (
-            "random 4K ops/s",
-            lambda: scale.random_reads / timed(lambda: random_reads(big, scale.random_reads)),
-        ),
-    ]
     try:
         mounter.prepare()
-        start = drop_caches()
-        mounter.mount(image, target)
-        (target / "d000").stat()
-        results["mount+stat ms"] = (time.perf_counter() - start) * 1000
-        mounter.unmount(target)
-        for label, probe in probes:
-            dropped = drop_caches()
-            mounter.mount(image, target)
-            try:
-                start_probe(dropped)
-                results[label] = probe()
+        results["mount+stat ms"] = mount_time(mounter, image, target)
+        for label, probe in PROBES.items():
+            with cold_mount(mounter, image, target):
+                results[label] = probe(target, scale)
                 if pids := mounter.daemon_pids(target):
                     results["peak RSS MiB"] = max(
                         results.get("peak RSS MiB", 0.0), peak_rss_mib(pids)
                     )
                     results["private MiB"] = max(results.get("private MiB", 0.0), private_mib(pids))
-            finally:
-                mounter.unmount(target)
-                wait_unmounted(target)
     finally:
         subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
         target.rmdir()

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import drop_caches
+
 from fusefs.broker.client import BrokerClient
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -32,11 +34,6 @@ IMAGES = {
     "squashfs": PROJECT / "images" / "sample-squashfs.img",
 }
 C_DRIVERS = {"ext4": ["fuse2fs", "-o", "ro"], "squashfs": ["squashfuse"]}
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def pids_with(needle: bytes) -> list[int]:

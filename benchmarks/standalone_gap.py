@@ -23,10 +23,10 @@ If ``template+churn`` reads like ``standalone``, the churn is (part of) the reas
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from bench import (
@@ -37,14 +37,12 @@ from bench import (
     Mounter,
     Pyfsmount,
     PyfsmountTemplate,
-    drop_caches,
+    cold_mount,
     host_backed_memory,
     image_of,
     read_file,
-    start_probe,
     stat_walk,
     timed,
-    wait_unmounted,
 )
 
 CHURNS = {
@@ -74,31 +72,14 @@ def churn_command(churn: str) -> list[str]:
     return [PYTHON, "-c", CHURNS[churn], *arguments]
 
 
-def cold(
-    mounter: Mounter,
-    image: Path,
-    target: Path,
-    probe: Callable[[Path], object],
-    churn: list[str] | None = None,
-) -> float:
-    """Seconds ``probe(target)`` takes on a fresh mount, 1 s after the page cache is
-    dropped (``churn`` run between the mount and the probe)."""
-    dropped = drop_caches()
-    mounter.mount(image, target)
-    try:
-        if churn:
-            subprocess.run(churn, check=True)
-        start_probe(dropped)
-        return timed(lambda: probe(target))
-    finally:
-        mounter.unmount(target)
-        wait_unmounted(target)
-
-
 def timed_read(mounter: Mounter, image: Path, target: Path, churn: list[str] | None) -> float:
-    """MB/s of a cold read of the big file, after an untimed walk (bench.py's order)."""
-    cold(mounter, image, target, stat_walk)
-    seconds = cold(mounter, image, target, lambda root: read_file(root / "big"), churn)
+    """MB/s of a cold read of the big file, after an untimed walk (bench.py's order);
+    ``churn`` runs between that read's mount and its start."""
+    with cold_mount(mounter, image, target):
+        stat_walk(target)
+    meanwhile = functools.partial(subprocess.run, churn, check=True) if churn else None
+    with cold_mount(mounter, image, target, meanwhile):
+        seconds = timed(lambda: read_file(target / "big"))
     return FULL.big_file / 1e6 / seconds
 
 
