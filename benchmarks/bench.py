@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusefs.driver import PAGE_REPORTING_ORDER, page_orders
 from fusefs.launch import Mount, make_mount
 from fusefs.options import parse_options
 from fusefs.template import Template
@@ -454,9 +455,6 @@ def peak_rss_mib(pids: list[int]) -> float:
     return max(peaks, default=float("nan"))
 
 
-#: Where this VM's balloon driver is told the smallest block of free memory (as a page
-#: order) that it hands back to its host (free page reporting).
-PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
 #: Memory touched once at the start of a run (see :func:`host_backed_memory`): more than
 #: any probe fills (the 512 MiB file's page cache, the image's, the daemon's).
 WARM_MEMORY = 3 << 30
@@ -487,8 +485,7 @@ def host_backed_memory() -> Iterator[str]:
     except OSError:
         yield "no free page reporting"
         return
-    # "Node 0, zone DMA" and a count per order: the number of orders is one past the largest.
-    orders = len(Path("/proc/buddyinfo").read_text().split("\n")[0].split()) - 4
+    orders = page_orders()
     PAGE_REPORTING_ORDER.write_text(f"{orders}\n")
     # A plain `kill` ends the run through the finally clause too.
     on_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

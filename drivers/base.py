@@ -18,7 +18,9 @@ Errors a driver may raise, and nothing else:
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import functools
 import mmap
 import os
@@ -154,22 +156,22 @@ class BlockReader:
     :class:`CorruptImage`: on-disk pointers are never trusted.  The reader does no
     caching of its own; drivers keep bounded caches of what they parsed.
 
-    ``direct_fd``, when given, is the same image opened with ``O_DIRECT``: bulk file
-    data read once on its way to the mount's page cache (:meth:`read_direct`) goes
-    through it, straight from the disk, instead of being cached a second time.
-    ``random_fd``, when given, is the same image opened once more with the kernel's
-    read-ahead off (``POSIX_FADV_RANDOM``), for reads that follow no other
-    (:meth:`read_random`).
+    ``bulk_fd``, when given, is the same image opened once more for bulk file data,
+    read once on its way into the mount's page cache (:meth:`read_bulk`), so that it is
+    not cached a second time: with ``O_DIRECT`` (around the page cache) or without
+    (through it, dropped once read). ``random_fd``, when given, is the same image
+    opened once more with the kernel's read-ahead off (``POSIX_FADV_RANDOM``), for reads
+    that follow no other (:meth:`read_random`).
     """
 
-    __slots__ = ("base", "direct_fd", "fd", "random_fd", "size")
+    __slots__ = ("base", "bulk_direct", "bulk_fd", "fd", "random_fd", "size")
 
     def __init__(
         self,
         fd: int,
         base: int = 0,
         size: int | None = None,
-        direct_fd: int | None = None,
+        bulk_fd: int | None = None,
         random_fd: int | None = None,
     ) -> None:
         info = os.fstat(fd)
@@ -180,12 +182,15 @@ class BlockReader:
         self.fd = fd
         self.base = base
         self.size = file_size - base if size is None else min(size, file_size - base)
-        self.direct_fd = direct_fd
+        self.bulk_fd = bulk_fd
+        self.bulk_direct = bulk_fd is not None and bool(
+            fcntl.fcntl(bulk_fd, fcntl.F_GETFL) & os.O_DIRECT
+        )
         self.random_fd = random_fd
 
     def window(self, offset: int, size: int) -> BlockReader:
         """A reader on ``size`` bytes of this region from ``offset`` (a partition)."""
-        return BlockReader(self.fd, self.base + offset, size, self.direct_fd, self.random_fd)
+        return BlockReader(self.fd, self.base + offset, size, self.bulk_fd, self.random_fd)
 
     def read(self, offset: int, length: int) -> bytes:
         """Return exactly ``length`` bytes at ``offset`` of the region."""
@@ -199,8 +204,8 @@ class BlockReader:
         read. The pages stay in the page cache, so the next read of them, or a read of
         an image that is cached already, costs no disk read. (A confined driver cannot
         ask which pages are cached: cachestat(2) is refused for a file its user may not
-        write. So :meth:`read_direct` reads the disk there, unless the driver found the
-        image in the cache before it confined itself and gave no ``direct_fd``.)
+        write. So :meth:`read_bulk` reads the disk there, unless the driver found the
+        image in the cache before it confined itself and gave no ``bulk_fd``.)
         """
         return self._pread(self.fd if self.random_fd is None else self.random_fd, offset, length)
 
@@ -214,34 +219,43 @@ class BlockReader:
             raise CorruptImage(f"short read at {offset}: image changed size?")
         return data
 
-    def read_direct(self, offset: int, length: int, scratch: mmap.mmap) -> bytes:
-        """Like :meth:`read`, but through ``direct_fd``, bypassing the page cache.
+    def read_bulk(self, offset: int, length: int, scratch: mmap.mmap) -> bytes:
+        """Like :meth:`read`, for file data read once on its way into the mount's page
+        cache (drivers.readahead): through ``bulk_fd``, so that the image's page cache
+        does not keep a second copy.
 
-        ``scratch`` is a page-aligned buffer of at least ``length + 2 * DIRECT_ALIGN``
-        bytes: O_DIRECT reads whole aligned blocks, and the bytes asked for are copied
-        out of them.  What the page cache holds already is taken from it instead.
-        Without a direct descriptor, or where the file system refuses O_DIRECT reads,
-        this is a plain :meth:`read` (and stays one).
+        An ``O_DIRECT`` descriptor reads around the page cache, into ``scratch``: a
+        page-aligned buffer of at least ``length + 2 * DIRECT_ALIGN`` bytes, as O_DIRECT
+        reads whole aligned blocks, and the bytes asked for are copied out of them. A
+        buffered one reads through the page cache, with the kernel's read-ahead on it,
+        and then drops the pages read. What the page cache held already is taken from it
+        and left there. Without a bulk descriptor, or where the file system refuses
+        O_DIRECT reads, this is a plain :meth:`read` (and stays one).
         """
         if offset < 0 or length < 0 or offset + length > self.size:
             raise CorruptImage(
                 f"read of {length} bytes at {offset} is outside the image ({self.size} bytes)"
             )
         position = self.base + offset
+        bulk_fd = self.bulk_fd
+        if bulk_fd is None or fully_cached(self.fd, position, length):
+            return self.read(offset, length)  # fully cached: an image just written or read
+        if not self.bulk_direct:
+            data = self._pread(bulk_fd, offset, length)
+            with contextlib.suppress(OSError):  # advice: the cache may keep them after all
+                os.posix_fadvise(bulk_fd, position, length, os.POSIX_FADV_DONTNEED)
+            return data
         first = position - position % DIRECT_ALIGN
         last = -(-(position + length) // DIRECT_ALIGN) * DIRECT_ALIGN
-        direct_fd = self.direct_fd
-        if direct_fd is None or last - first > len(scratch):
+        if last - first > len(scratch):
             return self.read(offset, length)
-        if fully_cached(self.fd, position, length):
-            return self.read(offset, length)  # an image just written or read
         with memoryview(scratch) as whole, whole[: last - first] as blocks:
             try:
-                got = os.preadv(direct_fd, [blocks], first)
+                got = os.preadv(bulk_fd, [blocks], first)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                self.direct_fd = None  # no O_DIRECT here after all: cached reads from now
+                self.bulk_fd = None  # no O_DIRECT here after all: cached reads from now
                 return self.read(offset, length)
             skip = position - first
             if got < skip + length:

@@ -1,4 +1,4 @@
-"""Image reads ahead of sequential readers, on worker threads, around the page cache.
+"""Image reads ahead of sequential readers, on worker threads, cached once.
 
 A sequential reader of a big file asks for one window after another (the kernel's FUSE
 read-ahead sends 1 MiB requests, in order).  Served inline, each request waits for its
@@ -8,12 +8,13 @@ reader that keeps pausing.  And every byte would be cached twice, as the image's
 and as the mount's.
 
 So once a file is read sequentially, the next windows are read on worker threads while
-the current one is answered, with ``O_DIRECT`` when the image allows it and was not in
-the page cache already (:meth:`BlockReader.read_direct`): straight from the disk into
-each worker's reused buffer, with no page cache to fill and no read-ahead to fall
-behind.  Measured on the 512 MiB FAT32 benchmark file, cold, interleaved with mtools:
-786 MB/s median (713-870) against 357 MB/s (253-1,098) for cached inline reads, 1.44x
-mtools run by run (benchmarks/RESULTS.md has the full runs).
+the current one is answered, through the image's bulk descriptor
+(:meth:`BlockReader.read_bulk`, opened by fusefs.driver.open_bulk): buffered, with the
+kernel's read-ahead well ahead of the workers and each chunk's pages dropped once read;
+or with ``O_DIRECT``, straight from the disk into each worker's reused buffer, where
+filling the page cache is slow (a VM handing free memory back to its host). Measured
+on the 512 MiB benchmark files, cold, against O_DIRECT on host-backed memory: ext4 1,100
+against 842 MB/s, FAT32 1,110 against 858 (benchmarks/RESULTS.md, 2026-12-03 night).
 
 The driver keeps deciding everything on its own thread: it turns each window into the
 image extents that hold it (with its own caches, chains and checks) before the window
@@ -195,16 +196,17 @@ class ReadAhead:
                 self._pending.pop(chunk).cancel()
 
     def _read_ahead(self, pieces: Extents) -> bytes:
-        """On a worker: a chunk's bytes, read around the page cache."""
+        """On a worker: a chunk's bytes, through the image's bulk descriptor."""
         scratch: mmap.mmap | None = getattr(self._worker_buffers, "scratch", None)
         if scratch is None:
-            scratch = self._worker_buffers.scratch = _direct_buffer()
-        read_direct = self.reader.read_direct
-        return read_extents(lambda start, length: read_direct(start, length, scratch), pieces)
+            scratch = self._worker_buffers.scratch = _scratch_buffer()
+        read_bulk = self.reader.read_bulk
+        return read_extents(lambda start, length: read_bulk(start, length, scratch), pieces)
 
 
-def _direct_buffer() -> mmap.mmap:
-    """A page-aligned buffer for O_DIRECT reads of up to a chunk at any offset."""
+def _scratch_buffer() -> mmap.mmap:
+    """A page-aligned buffer for O_DIRECT reads of up to a chunk at any offset (never
+    touched, so it costs no memory, where the bulk descriptor is buffered)."""
     return mmap.mmap(-1, CHUNK + 2 * DIRECT_ALIGN)
 
 

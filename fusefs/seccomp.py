@@ -307,9 +307,10 @@ def driver_rules(pid: int) -> list[Rule]:
         # I/O on the fds we hold: image (pread64), FUSE channel (read/writev), control
         # socket (sendto/recvmsg), trio's wakeup socketpair (recvfrom/sendto), stderr
         "read", "pread64", "writev", "close", "lseek",
-        # file data read ahead around the page cache (BlockReader.read_direct: the
-        # image's second, O_DIRECT descriptor)
+        # file data read ahead (BlockReader.read_bulk): with O_DIRECT into a reused
+        # buffer, or buffered and then dropped from the image's page cache
         "preadv2",  # os.preadv: CPython calls preadv2 where the kernel has it
+        "fadvise64",  # POSIX_FADV_DONTNEED of what was read: advice on our own descriptor
         "cachestat",  # whether the page cache holds a range already (drivers/pagecache.py)
         "recvmsg", "recvfrom", "sendmsg", "sendto", "getsockname", "getpeername",
         # trio's event loop

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fusefs.driver import host_reclaims_free_memory
 from tests.launcher import (
     SAMPLE_IMAGE,
     driver_pids,
@@ -107,15 +108,37 @@ def test_the_serving_driver_holds_only_its_image_and_channels(
     targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     paths = sorted(t for t in targets if t.startswith("/"))
     # The image; the same image opened again for random reads without read-ahead, and
-    # with O_DIRECT for reading ahead around the page cache (drivers/readahead.py): all
-    # three read-only.
+    # for bulk reads ahead of sequential readers (drivers/readahead.py), with O_DIRECT
+    # where the host takes free memory back: all three read-only.
     assert paths == sorted([str(image)] * 3 + ["/dev/fuse", "/dev/null", "/dev/null"]), targets
-    plain, direct = (os.O_RDONLY, False), (os.O_RDONLY, True)
-    assert image_descriptors(pid, image) == [plain, plain, direct]
+    plain, bulk = (os.O_RDONLY, False), (os.O_RDONLY, host_reclaims_free_memory())
+    assert image_descriptors(pid, image) == sorted([plain, plain, bulk])
     others = {re.sub(r"\[\d+\]", "", t) for t in targets if not t.startswith("/")}
     assert others <= {"pipe:", "socket:", "anon_inode:[eventpoll]"}, targets
     # Its root is an empty directory: no host path exists for it.
     assert os.listdir(f"/proc/{pid}/root") == []
+
+
+def test_bulk_reads_go_around_the_page_cache_only_where_the_host_takes_free_memory(
+    tmp_path: Path,
+) -> None:
+    """A VM whose balloon reports free pages to its host makes new page cache slow to
+    fill: there (only) a driver reads file data ahead with O_DIRECT (fusefs.driver.open_bulk)."""
+    order, balloon, buddyinfo = tmp_path / "order", tmp_path / "balloon", tmp_path / "buddyinfo"
+    counts = " ".join(["7"] * 11)  # orders 0 to 10, as on x86-64
+    buddyinfo.write_text(f"Node 0, zone DMA {counts}\nNode 0, zone Normal {counts}\n")
+    balloon.mkdir()
+
+    def reclaims() -> bool:
+        return host_reclaims_free_memory(order, balloon, buddyinfo)
+
+    assert not reclaims()  # a kernel without free page reporting
+    order.write_text("5\n")
+    assert not reclaims()  # and no balloon device to report to
+    (balloon / "virtio3").mkdir()
+    assert reclaims()
+    order.write_text("11\n")  # one past the largest order: reporting paused (benchmarks/)
+    assert not reclaims()
 
 
 def test_a_driver_reads_an_image_in_the_page_cache_from_there(

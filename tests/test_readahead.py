@@ -1,10 +1,11 @@
-"""drivers.readahead, BlockReader.read_direct and read_random: reading ahead, or around the
-page cache, never changes an answer.
+"""drivers.readahead, BlockReader.read_bulk and read_random: reading ahead, around the page
+cache or through it, never changes an answer.
 
 The helper is format-agnostic, so it is specified here on an image file whose "file" is
 a list of image extents chosen by the test (scattered and unaligned, like a fragmented
-FAT chain), with and without the image's O_DIRECT descriptor; the FAT driver's tests
-read real images through it, and a real mount is read in tests/test_fat_mount.py.
+FAT chain), with the image's bulk descriptor opened with O_DIRECT, without it, or absent;
+the FAT driver's tests read real images through it, and a real mount is read in
+tests/test_fat_mount.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from drivers.base import DIRECT_ALIGN, BlockReader, CorruptImage
-from drivers.pagecache import cached_fraction, fully_cached
+from drivers.pagecache import cached_fraction, cached_pages, fully_cached
 from drivers.readahead import AHEAD, CHUNK, MAX_PENDING, MAX_STREAMS, ZEROS, Extents, ReadAhead
 
 MiB = 1 << 20
@@ -27,16 +28,16 @@ PIECE = 64 << 10
 SKEW = 1536  # pieces start off the alignment, as clusters after 3 reserved sectors do
 
 
-@pytest.fixture(params=["direct", "cached"])
+@pytest.fixture(params=["direct", "buffered", "cached"])
 def image(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[BlockReader, bytes]]:
     data = random.Random(7).randbytes(IMAGE_SIZE)
     path = tmp_path / "image"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
-    direct = random_reads = None
-    if request.param == "direct":
+    bulk = random_reads = None
+    if request.param != "cached":
         try:
-            direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            bulk = os.open(path, os.O_RDONLY | (os.O_DIRECT if request.param == "direct" else 0))
         except OSError:
             pytest.skip("no O_DIRECT on the temporary directory's file system")
         # As the driver opens them: also once more without read-ahead, for random reads.
@@ -44,14 +45,19 @@ def image(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Bloc
         os.posix_fadvise(random_reads, 0, 0, os.POSIX_FADV_RANDOM)
         # Out of the page cache, so that reads go to the disk (cached bytes are taken
         # from the cache instead).
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        evict(fd)
     try:
-        yield BlockReader(fd, direct_fd=direct, random_fd=random_reads), data
+        yield BlockReader(fd, bulk_fd=bulk, random_fd=random_reads), data
     finally:
-        for opened in (fd, direct, random_reads):
+        for opened in (fd, bulk, random_reads):
             if opened is not None:
                 os.close(opened)
+
+
+def evict(fd: int) -> None:
+    """The file of ``fd`` out of the page cache."""
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def scattered(pieces: int, seed: int = 1) -> list[int]:
@@ -184,7 +190,7 @@ def test_followed_files_and_waiting_windows_are_bounded(image: tuple[BlockReader
     assert len(readahead._pending) <= MAX_PENDING
 
 
-def test_direct_reads_are_exact_at_any_offset_and_bounded_by_the_region(
+def test_bulk_reads_are_exact_at_any_offset_and_bounded_by_the_region(
     image: tuple[BlockReader, bytes],
 ) -> None:
     reader, data = image
@@ -193,15 +199,15 @@ def test_direct_reads_are_exact_at_any_offset_and_bounded_by_the_region(
     for _ in range(100):
         length = rng.randrange(0, MiB)
         offset = rng.randrange(0, IMAGE_SIZE - length)
-        assert reader.read_direct(offset, length, scratch) == data[offset : offset + length]
+        assert reader.read_bulk(offset, length, scratch) == data[offset : offset + length]
     tail = IMAGE_SIZE - 700
-    assert reader.read_direct(tail, 700, scratch) == data[tail:]  # the file's unaligned end
+    assert reader.read_bulk(tail, 700, scratch) == data[tail:]  # the file's unaligned end
     with pytest.raises(CorruptImage, match="outside the image"):
-        reader.read_direct(tail, 701, scratch)
+        reader.read_bulk(tail, 701, scratch)
     window = reader.window(PIECE, PIECE)  # a partition: its bounds, not the file's
-    assert window.read_direct(10, 100, scratch) == data[PIECE + 10 : PIECE + 110]
+    assert window.read_bulk(10, 100, scratch) == data[PIECE + 10 : PIECE + 110]
     with pytest.raises(CorruptImage, match="outside the image"):
-        window.read_direct(PIECE - 10, 11, scratch)
+        window.read_bulk(PIECE - 10, 11, scratch)
 
 
 def test_the_page_cache_is_asked_without_reading_anything(tmp_path: Path) -> None:
@@ -258,3 +264,26 @@ def test_a_random_read_brings_in_its_own_pages_only(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         os.close(random_fd)
+
+
+def test_a_buffered_bulk_read_leaves_no_copy_in_the_image_cache(tmp_path: Path) -> None:
+    """BlockReader.read_bulk through a buffered descriptor reads with the kernel's
+    read-ahead and then drops the pages it read (the mount's page cache keeps the file;
+    the pages read ahead stay until their own chunk is read); a range the cache held
+    before it is read from there and left there."""
+    data = random.Random(11).randbytes(8 * MiB)
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    fd, bulk_fd = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
+    scratch = mmap.mmap(-1, MiB + 2 * DIRECT_ALIGN)
+    try:
+        reader = BlockReader(fd, bulk_fd=bulk_fd)
+        assert not reader.bulk_direct
+        assert reader.read_bulk(MiB, MiB, scratch) == data[MiB : 2 * MiB]  # all cached
+        assert fully_cached(fd, MiB, MiB)
+        evict(fd)
+        assert reader.read_bulk(MiB + 100, MiB, scratch) == data[MiB + 100 : 2 * MiB + 100]
+        assert cached_pages(fd, MiB + 4096, MiB - 4096) == 0  # all but the partial edges
+    finally:
+        os.close(fd)
+        os.close(bulk_fd)
