@@ -18,7 +18,6 @@ Errors a driver may raise, and nothing else:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import functools
@@ -157,11 +156,10 @@ class BlockReader:
     caching of its own; drivers keep bounded caches of what they parsed.
 
     ``bulk_fd``, when given, is the same image opened once more for bulk file data,
-    read once on its way into the mount's page cache (:meth:`read_bulk`), so that it is
-    not cached a second time: with ``O_DIRECT`` (around the page cache) or without
-    (through it, dropped once read). ``random_fd``, when given, is the same image
-    opened once more with the kernel's read-ahead off (``POSIX_FADV_RANDOM``), for reads
-    that follow no other (:meth:`read_random`).
+    read once on its way into the mount's page cache (:meth:`read_bulk`): buffered, or
+    with ``O_DIRECT`` where filling the page cache is slow. ``random_fd``, when given,
+    is the same image opened once more with the kernel's read-ahead off
+    (``POSIX_FADV_RANDOM``), for reads that follow no other (:meth:`read_random`).
     """
 
     __slots__ = ("base", "bulk_direct", "bulk_fd", "fd", "random_fd", "size")
@@ -221,16 +219,15 @@ class BlockReader:
 
     def read_bulk(self, offset: int, length: int, scratch: mmap.mmap) -> bytes:
         """Like :meth:`read`, for file data read once on its way into the mount's page
-        cache (drivers.readahead): through ``bulk_fd``, so that the image's page cache
-        does not keep a second copy.
+        cache (drivers.readahead): through ``bulk_fd``, whose read-ahead state is its own.
 
-        An ``O_DIRECT`` descriptor reads around the page cache, into ``scratch``: a
-        page-aligned buffer of at least ``length + 2 * DIRECT_ALIGN`` bytes, as O_DIRECT
-        reads whole aligned blocks, and the bytes asked for are copied out of them. A
-        buffered one reads through the page cache, with the kernel's read-ahead on it,
-        and then drops the pages read. What the page cache held already is taken from it
-        and left there. Without a bulk descriptor, or where the file system refuses
-        O_DIRECT reads, this is a plain :meth:`read` (and stays one).
+        A buffered descriptor reads through the page cache, with the kernel's read-ahead
+        well ahead of the reader. An ``O_DIRECT`` one reads around it, into ``scratch``:
+        a page-aligned buffer of at least ``length + 2 * DIRECT_ALIGN`` bytes, as
+        O_DIRECT reads whole aligned blocks, and the bytes asked for are copied out of
+        them (what the page cache holds already is taken from there). Without a bulk
+        descriptor, or where the file system refuses O_DIRECT reads, this is a plain
+        :meth:`read` (and stays one).
         """
         if offset < 0 or length < 0 or offset + length > self.size:
             raise CorruptImage(
@@ -238,13 +235,12 @@ class BlockReader:
             )
         position = self.base + offset
         bulk_fd = self.bulk_fd
-        if bulk_fd is None or fully_cached(self.fd, position, length):
-            return self.read(offset, length)  # fully cached: an image just written or read
+        if bulk_fd is None:
+            return self.read(offset, length)
         if not self.bulk_direct:
-            data = self._pread(bulk_fd, offset, length)
-            with contextlib.suppress(OSError):  # advice: the cache may keep them after all
-                os.posix_fadvise(bulk_fd, position, length, os.POSIX_FADV_DONTNEED)
-            return data
+            return self._pread(bulk_fd, offset, length)
+        if fully_cached(self.fd, position, length):
+            return self.read(offset, length)  # an image just written or read
         first = position - position % DIRECT_ALIGN
         last = -(-(position + length) // DIRECT_ALIGN) * DIRECT_ALIGN
         if last - first > len(scratch):

@@ -1,12 +1,12 @@
 """Whether the page cache holds a range of a file, asked without causing any I/O.
 
-:meth:`drivers.base.BlockReader.read_bulk` reads bulk file data without leaving it in the
-image's page cache, but an image that was just written or read is in the cache already,
-and reading it from the disk again (or dropping it) would be a loss. ``cachestat(2)``
-(Linux 6.5) answers from the cache's own records. The obvious alternative, a
-``preadv2(RWF_NOWAIT)`` try, starts read-ahead of the range into the cache when it
-fails: measured, a cold 256 MiB read through it filled 270 MiB of page cache besides its
-own O_DIRECT reads, and a FAT32 mount read the file at 228 MB/s instead of 779.
+:meth:`drivers.base.BlockReader.read_bulk` may read bulk file data around the page cache
+(O_DIRECT), but an image that was just written or read is in the cache already, and
+reading it from the disk again would be slower. ``cachestat(2)`` (Linux 6.5) answers
+from the cache's own records. The obvious alternative, a ``preadv2(RWF_NOWAIT)`` try,
+starts read-ahead of the range into the cache when it fails: measured, a cold 256 MiB
+read through it filled 270 MiB of page cache besides its own O_DIRECT reads, and a FAT32
+mount read the file at 228 MB/s instead of 779.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ctypes
 import errno
 import os
 
-__all__ = ["cached_fraction", "cached_pages", "fully_cached"]
+__all__ = ["cached_fraction", "fully_cached"]
 
 #: x86_64 (and every architecture with the generic table, since Linux 6.5).
 NR_CACHESTAT = 451
@@ -52,7 +52,7 @@ def fully_cached(fd: int, offset: int, length: int) -> bool:
     """
     if length <= 0:
         return False
-    cached = cached_pages(fd, offset, length)
+    cached = _cached_pages(fd, offset, length)
     pages = (offset + length - 1) // PAGE_SIZE - offset // PAGE_SIZE + 1
     return cached is not None and cached >= pages
 
@@ -66,11 +66,11 @@ def cached_fraction(fd: int) -> float | None:
     size = os.lseek(fd, 0, os.SEEK_END)  # a block device's st_size is 0
     if size <= 0:
         return None
-    cached = cached_pages(fd, 0, size)
+    cached = _cached_pages(fd, 0, size)
     return None if cached is None else min(1.0, cached / -(-size // PAGE_SIZE))
 
 
-def cached_pages(fd: int, offset: int, length: int) -> int | None:
+def _cached_pages(fd: int, offset: int, length: int) -> int | None:
     """How many pages of the range the page cache holds (cachestat(2)), or None."""
     global _available
     if not _available:

@@ -1,20 +1,26 @@
-"""Image reads ahead of sequential readers, on worker threads, cached once.
+"""Image reads ahead of sequential readers, on worker threads.
 
 A sequential reader of a big file asks for one window after another (the kernel's FUSE
 read-ahead sends 1 MiB requests, in order).  Served inline, each request waits for its
 image read, then the daemon waits for the kernel to take the reply: the disk and the
 FUSE channel take turns, and the kernel's own read-ahead on the image falls behind a
-reader that keeps pausing.  And every byte would be cached twice, as the image's page
-and as the mount's.
+reader that keeps pausing.
 
 So once a file is read sequentially, the next windows are read on worker threads while
 the current one is answered, through the image's bulk descriptor
 (:meth:`BlockReader.read_bulk`, opened by fusefs.driver.open_bulk): buffered, with the
-kernel's read-ahead well ahead of the workers and each chunk's pages dropped once read;
-or with ``O_DIRECT``, straight from the disk into each worker's reused buffer, where
-filling the page cache is slow (a VM handing free memory back to its host). Measured
-on the 512 MiB benchmark files, cold, against O_DIRECT on host-backed memory: ext4 1,100
-against 842 MB/s, FAT32 1,110 against 858 (benchmarks/RESULTS.md, 2026-12-03 night).
+kernel's read-ahead far ahead of the workers; or with ``O_DIRECT``, straight from the
+disk into each worker's reused buffer, where filling the page cache is slow (a VM
+handing free memory back to its host). Measured on the 512 MiB benchmark files, cold,
+on host-backed memory: ext4 1,100 MB/s buffered against 842 with O_DIRECT, FAT32 1,110
+against 858 (benchmarks/RESULTS.md, 2026-12-03 night).
+
+The image's pages a buffered read leaves in the page cache are read once and left to
+the kernel, as a loop device leaves its backing file's: they are the first reclaimed.
+Dropping them as the reader goes (``POSIX_FADV_DONTNEED``, rounded out to whole large
+folios, as the kernel drops nothing less) made the read no faster than O_DIRECT, or
+slower: 897 against 866 MB/s dropping each chunk as it was read, 622 against 913
+dropping each worker's chunk before.
 
 The driver keeps deciding everything on its own thread: it turns each window into the
 image extents that hold it (with its own caches, chains and checks) before the window

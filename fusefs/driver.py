@@ -129,8 +129,7 @@ def open_bulk(image_fd: int) -> int | None:
     (drivers.readahead, :meth:`drivers.base.BlockReader.read_bulk`); None if it cannot be.
 
     Buffered, with sequential read-ahead advice: the kernel reads far ahead of the
-    workers, and the pages are dropped once read (the mount's page cache keeps the
-    file). Where filling the page cache is slow (:func:`host_reclaims_free_memory`),
+    workers. Where filling the page cache is slow (:func:`host_reclaims_free_memory`),
     with O_DIRECT instead: the mount's cache is then the only one filled. Measured with
     the 512 MiB benchmark files on host-backed memory, buffered against O_DIRECT: ext4
     1,100 against 842 MB/s, FAT32 1,110 against 858; on memory handed back to the host,

@@ -307,10 +307,9 @@ def driver_rules(pid: int) -> list[Rule]:
         # I/O on the fds we hold: image (pread64), FUSE channel (read/writev), control
         # socket (sendto/recvmsg), trio's wakeup socketpair (recvfrom/sendto), stderr
         "read", "pread64", "writev", "close", "lseek",
-        # file data read ahead (BlockReader.read_bulk): with O_DIRECT into a reused
-        # buffer, or buffered and then dropped from the image's page cache
+        # file data read ahead through the image's O_DIRECT bulk descriptor, where
+        # there is one (BlockReader.read_bulk)
         "preadv2",  # os.preadv: CPython calls preadv2 where the kernel has it
-        "fadvise64",  # POSIX_FADV_DONTNEED of what was read: advice on our own descriptor
         "cachestat",  # whether the page cache holds a range already (drivers/pagecache.py)
         "recvmsg", "recvfrom", "sendmsg", "sendto", "getsockname", "getpeername",
         # trio's event loop

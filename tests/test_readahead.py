@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from drivers.base import DIRECT_ALIGN, BlockReader, CorruptImage
-from drivers.pagecache import cached_fraction, cached_pages, fully_cached
+from drivers.pagecache import cached_fraction, fully_cached
 from drivers.readahead import AHEAD, CHUNK, MAX_PENDING, MAX_STREAMS, ZEROS, Extents, ReadAhead
 
 MiB = 1 << 20
@@ -264,26 +264,3 @@ def test_a_random_read_brings_in_its_own_pages_only(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         os.close(random_fd)
-
-
-def test_a_buffered_bulk_read_leaves_no_copy_in_the_image_cache(tmp_path: Path) -> None:
-    """BlockReader.read_bulk through a buffered descriptor reads with the kernel's
-    read-ahead and then drops the pages it read (the mount's page cache keeps the file;
-    the pages read ahead stay until their own chunk is read); a range the cache held
-    before it is read from there and left there."""
-    data = random.Random(11).randbytes(8 * MiB)
-    path = tmp_path / "image"
-    path.write_bytes(data)
-    fd, bulk_fd = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
-    scratch = mmap.mmap(-1, MiB + 2 * DIRECT_ALIGN)
-    try:
-        reader = BlockReader(fd, bulk_fd=bulk_fd)
-        assert not reader.bulk_direct
-        assert reader.read_bulk(MiB, MiB, scratch) == data[MiB : 2 * MiB]  # all cached
-        assert fully_cached(fd, MiB, MiB)
-        evict(fd)
-        assert reader.read_bulk(MiB + 100, MiB, scratch) == data[MiB + 100 : 2 * MiB + 100]
-        assert cached_pages(fd, MiB + 4096, MiB - 4096) == 0  # all but the partial edges
-    finally:
-        os.close(fd)
-        os.close(bulk_fd)
