@@ -202,8 +202,8 @@ class BlockReader:
         read. The pages stay in the page cache, so the next read of them, or a read of
         an image that is cached already, costs no disk read. (A confined driver cannot
         ask which pages are cached: cachestat(2) is refused for a file its user may not
-        write. So :meth:`read_bulk` reads the disk there, unless the driver found the
-        image in the cache before it confined itself and gave no ``bulk_fd``.)
+        write. So an O_DIRECT :meth:`read_bulk` reads the disk there, unless the driver
+        found the image in the cache before it confined itself and gave no ``bulk_fd``.)
         """
         return self._pread(self.fd if self.random_fd is None else self.random_fd, offset, length)
 
