@@ -767,9 +767,8 @@ def run_format(fmt: Format, scale: Scale, only: list[str] | None) -> str:
     # Round-robin: this VM's speed drifts by 2x over minutes, so each mounter's
     # n-th run is taken next to the others' n-th run, not minutes apart. And the
     # order turns by one each run, so that no mounter always follows the same one
-    # (what a probe leaves in memory changes the next one's pace on this VM; the
-    # standalone driver's slower reads, which this was meant to test, remained:
-    # RESULTS.md, 2026-12-03 evening).
+    # (what a probe leaves in memory changed the next one's pace on this VM while it
+    # handed free memory back to its host: RESULTS.md, 2026-12-03 evening and night).
     names = list(rows)
     for run in range(scale.runs):
         turn = run % len(names)

@@ -1,13 +1,17 @@
-"""Why a standalone driver reads the big file more slowly than a template-forked one.
+"""Whether a standalone driver reads the big file more slowly than a template-forked one.
 
     sudo .venv/bin/python benchmarks/standalone_gap.py [--format ext4] [--runs 6]
                                                        [--churn imports|memory|files|cpu]
 
-In most full runs of bench.py the standalone driver's sequential read is slower than the
-template-forked driver's (ext4 307 against 530 MB/s at 0c9da6b), with the same driver
-code. This script times only that read, as bench.py does (an untimed stat walk on a
-mount of its own first, then drop the page cache, mount, start 1 s after the drop, read
-the 512 MiB file 1 MiB at a time), for three variants in alternating order:
+In the full runs of bench.py with this VM's free page reporting on, the standalone
+driver's sequential read was slower than the template-forked driver's (ext4 307 against
+530 MB/s at 0c9da6b), with the same driver code: memory its start freed was handed back
+to the host before the read filled the page cache with it. With the reporting paused
+for the run (bench.host_backed_memory, as here now) the gap went (747 against 754 MB/s
+at 4e5a514; RESULTS.md, 2026-12-03 night). This script times only that read, as
+bench.py does (an untimed stat walk on a mount of its own first, then drop the page
+cache, mount, start 1 s after the drop, read the 512 MiB file 1 MiB at a time), for
+three variants in alternating order:
 
 - ``standalone``: ``pyfsmount IMAGE DIR``, a fresh launcher and driver;
 - ``template``: a driver forked from a resident template;
