@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from bench import (
@@ -41,10 +39,11 @@ from bench import (
     WORK,
     Mounter,
     Pyfsmount,
+    alternating,
     cold_mount,
-    host_backed_memory,
     image_of,
     mount_time,
+    print_medians,
 )
 
 
@@ -107,24 +106,15 @@ def main() -> None:
         args.old: Pyfsmount(code=export(args.old)),
         args.new or "worktree": Pyfsmount(code=export(args.new)),
     }
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    with (
-        host_backed_memory() as memory,
-        tempfile.TemporaryDirectory(prefix="ab-", dir=WORK) as directory,
-    ):
-        print(memory)
-        target = Path(directory)
-        for run in range(args.runs):
-            for name in names if run % 2 == 0 else names[::-1]:
-                if args.after:
-                    measure(args.after, variants[name], image, target)
-                results[name].append(measure(args.probe, variants[name], image, target))
+
+    def take(name: str, target: Path) -> float:
+        if args.after:
+            measure(args.after, variants[name], image, target)
+        return measure(args.probe, variants[name], image, target)
+
+    results = alternating(list(variants), args.runs, "ab-", take)
     units = {"seq": "MB/s", "walk": "s", "small": "s", "random": "reads/s", "mount": "ms"}
-    unit = units[args.probe]
-    for name, values in results.items():
-        runs = " ".join(f"{value:.3g}" for value in values)
-        print(f"{name}: median {statistics.median(values):.3g} {unit} ({runs})")
+    print_medians(results, units[args.probe], ".3g")
 
 
 if __name__ == "__main__":

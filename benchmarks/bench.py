@@ -498,6 +498,31 @@ def host_backed_memory() -> Iterator[str]:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def alternating(
+    names: list[str], runs: int, prefix: str, take: Callable[[str, Path], float]
+) -> dict[str, list[float]]:
+    """``take(name, target)`` ``runs`` times for each name, on host-backed memory, in
+    alternating order (ABBA: on this VM the run just after another mount's page cache
+    was dropped is faster than the one after it); the figures by name."""
+    results: dict[str, list[float]] = {name: [] for name in names}
+    with (
+        host_backed_memory() as memory,
+        tempfile.TemporaryDirectory(prefix=prefix, dir=WORK) as directory,
+    ):
+        print(memory)
+        for run in range(runs):
+            for name in names if run % 2 == 0 else names[::-1]:
+                results[name].append(take(name, Path(directory)))
+    return results
+
+
+def print_medians(results: dict[str, list[float]], unit: str, spec: str) -> None:
+    """Each name's median and its runs, figures formatted with ``spec``."""
+    for name, values in results.items():
+        runs = " ".join(f"{value:{spec}}" for value in values)
+        print(f"{name}: median {statistics.median(values):{spec}} {unit} ({runs})")
+
+
 def drop_caches() -> float:
     """Empty the page cache; the time it was emptied (see :func:`start_probe`)."""
     os.sync()

@@ -28,22 +28,20 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import subprocess
-import tempfile
 from pathlib import Path
 
 from bench import (
     FORMATS,
     FULL,
     PYTHON,
-    WORK,
     Mounter,
     Pyfsmount,
     PyfsmountTemplate,
+    alternating,
     cold_mount,
-    host_backed_memory,
     image_of,
+    print_medians,
     read_file,
     stat_walk,
     timed,
@@ -103,20 +101,12 @@ def main() -> None:
         "template": (template, None),
         "template+churn": (template, churn_command(args.churn)),
     }
-    results: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    with (
-        host_backed_memory() as memory,
-        tempfile.TemporaryDirectory(prefix="gap-", dir=WORK) as directory,
-    ):
-        print(memory)
-        for run in range(args.runs):
-            for name in names if run % 2 == 0 else names[::-1]:
-                mounter, churn = variants[name]
-                results[name].append(timed_read(mounter, image, Path(directory), churn))
-    for name, values in results.items():
-        runs = " ".join(f"{value:.0f}" for value in values)
-        print(f"{name}: median {statistics.median(values):.0f} MB/s ({runs})")
+
+    def take(name: str, target: Path) -> float:
+        mounter, churn = variants[name]
+        return timed_read(mounter, image, target, churn)
+
+    print_medians(alternating(list(variants), args.runs, "gap-", take), "MB/s", ".0f")
 
 
 if __name__ == "__main__":
