@@ -220,8 +220,7 @@ def test_the_page_cache_is_asked_without_reading_anything(tmp_path: Path) -> Non
     try:
         assert fully_cached(fd, 1000, 2 * MiB)
         assert cached_fraction(fd) == 1.0
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        evict(fd)
         assert not fully_cached(fd, 1000, 2 * MiB)
         assert cached_fraction(fd) == 0.0
         assert not fully_cached(fd, 1000, 2 * MiB)  # still not: asking read nothing
@@ -243,8 +242,7 @@ def test_a_random_read_brings_in_its_own_pages_only(tmp_path: Path) -> None:
     fd, random_fd = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
 
     def drop_cache() -> None:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        evict(fd)
         assert not fully_cached(fd, 0, 4096)
 
     try:
