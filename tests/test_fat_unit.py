@@ -15,6 +15,7 @@ of the kernel's vfat (fs/fat/inode.c).
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import random
 import stat
@@ -27,6 +28,8 @@ import pytest
 
 from drivers.base import BlockReader, CorruptImage, NoSuchAttribute
 from drivers.fat import FatVolume
+from drivers.fat import volume as fat_volume
+from drivers.fat.directory import Listing, parse_directory
 from drivers.fat.layout import BPB, DIR_ENTRY, DIR_ENTRY_SIZE, FSINFO
 from drivers.fat.volume import NAME_MAX
 from tests.test_fat_unit_helpers import (
@@ -499,6 +502,30 @@ def test_readdir_resumes_at_offsets(fat16: Path) -> None:
     for entry in everything[::97]:
         assert volume.lookup(big, entry.name) == entry.ino
     assert volume.getattr(big).nlink == 2
+
+
+def test_a_directory_over_the_listing_budget_is_parsed_once(
+    fat16: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listed in readdir-sized steps, a directory too large for the listing cache is
+    still parsed once, not once per step (which made listing it quadratic)."""
+    monkeypatch.setattr(fat_volume, "LISTING_CACHE_BYTES", 64 << 10)
+    parsed: list[int] = []
+
+    def counting_parse(data: bytes, *args: object) -> Listing:
+        parsed.append(len(data))
+        return parse_directory(data, *args)  # type: ignore[arg-type]
+
+    volume = open_fat(fat16)
+    big = path_ino(volume, "bigdir")
+    monkeypatch.setattr(fat_volume, "parse_directory", counting_parse)
+    listed, offset = 0, 0
+    while step := list(itertools.islice(volume.readdir(big, offset), 25)):
+        listed, offset = listed + len(step), step[-1].next_offset
+    assert listed == BIG_DIR
+    assert len(parsed) == 1 and parsed[0] > 64 << 10
+    assert volume.lookup(big, b"1999 entry of the big directory.txt") > 0
+    assert len(parsed) == 1
 
 
 def test_entries_read_back_after_eviction(fat16: Path) -> None:

@@ -89,7 +89,8 @@ ATTRIBUTE_NAMES = (
 )
 
 # Cache budgets: the working set of requests in flight, not the whole volume.
-LISTING_CACHE_BYTES = 2 << 20
+#: Parsed directories (a walk's next few; the largest directory is kept apart).
+LISTING_CACHE_BYTES = 1 << 20
 ENTRY_CACHE_ENTRIES = 8192
 ATTR_CACHE_ENTRIES = 4096
 #: Cluster chains, in bytes as charged by :func:`_chain_cost`.
@@ -120,6 +121,10 @@ class FatVolume(Volume):
         # The root's first cluster on FAT32; 0 (a subdirectory's ".." to the root) else.
         self._root_start = geometry.root_cluster if self._fat32 else 0
         self._listings: BoundedCache[int, Listing] = BoundedCache(LISTING_CACHE_BYTES)
+        # The last listing too large for that budget (up to 65536 entries), kept apart:
+        # a listing is read in readdir-sized steps, and parsing it again at each step
+        # would make listing a large directory quadratic.
+        self._large_listing: tuple[int, Listing] | None = None
         # Plain dicts emptied when full: a walk fills them at every entry, and an entry
         # that has left them is read back from its position.
         self._entries: dict[int, RawEntry] = {}
@@ -158,22 +163,36 @@ class FatVolume(Volume):
     def _root(self) -> Listing:
         if self._fat32:
             return self._listing(self._root_start)
-        listing = self._listings.get(0)
+        listing = self._kept_listing(0)
         if listing is None:
             g = self.geometry
             segments = [Segment(0, g.root_offset, g.root_bytes)]
             data = read_directory(self.reader, segments) if g.root_bytes else b""
-            listing = parse_directory(data, segments, self.short_names, g.root_bytes)
-            self._listings.put(0, listing, listing.cost)
+            listing = self._keep_listing(
+                0, parse_directory(data, segments, self.short_names, g.root_bytes)
+            )
         return listing
 
     def _listing(self, start: int) -> Listing:
         """The parsed directory whose chain starts at ``start``."""
-        listing = self._listings.get(start)
+        listing = self._kept_listing(start)
         if listing is not None:
             return listing
         data, segments = self._directory_bytes(start)
-        listing = parse_directory(data, segments, self.short_names, len(data))
+        return self._keep_listing(
+            start, parse_directory(data, segments, self.short_names, len(data))
+        )
+
+    def _kept_listing(self, start: int) -> Listing | None:
+        listing = self._listings.get(start)
+        if listing is None and self._large_listing and self._large_listing[0] == start:
+            return self._large_listing[1]
+        return listing
+
+    def _keep_listing(self, start: int, listing: Listing) -> Listing:
+        if listing.cost > LISTING_CACHE_BYTES:
+            self._large_listing = (start, listing)
+            return listing
         return self._listings.put(start, listing, listing.cost)
 
     def _directory_bytes(self, start: int) -> tuple[bytes, list[Segment]]:
@@ -196,7 +215,7 @@ class FatVolume(Volume):
         long before (and often instead of) the subdirectory's own listing: they are
         counted from its bytes without decoding a name, and kept apart from listings.
         """
-        listing = self._listings.get(start)
+        listing = self._kept_listing(start)
         if listing is not None:
             return listing.size, listing.subdirs
         shape = self._shapes.get(start)

@@ -43,8 +43,8 @@ __all__ = ["SquashfsVolume"]
 # keeps attributes and entries under FUSE).
 METADATA_CACHE_BYTES = 4 << 20
 INODE_CACHE_ENTRIES = 2048
-DIRECTORY_CACHE_BYTES = 2 << 20
-DATA_CACHE_BYTES = 2 << 20
+DIRECTORY_CACHE_BYTES = 1 << 20
+DATA_CACHE_BYTES = 1 << 20
 
 
 class SquashfsVolume(Volume):
