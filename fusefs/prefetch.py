@@ -35,6 +35,10 @@ STEP = 8
 MAX_AHEAD = 1024
 #: Directories remembered as candidates (the oldest are forgotten first).
 MAX_CANDIDATES = 4096
+#: Directories remembered as listed or prepared within one walk; past that many the
+#: memory is emptied (a walk of millions of directories must not grow the daemon),
+#: which costs at most a directory prepared twice.
+MAX_TRIED = 65536
 
 
 class ListedEntry(NamedTuple):
@@ -97,7 +101,7 @@ class DirectoryPrefetcher:
         if first and dir_ino not in self.tried:
             self.prepared.clear()
             self.tried.clear()
-        self.tried.add(dir_ino)  # listed now: preparing it later would be wasted
+        self._tried(dir_ino)  # listed now: preparing it later would be wasted
         if complete:
             self.prepared.pop(dir_ino, None)
         if subdirectories:
@@ -112,8 +116,13 @@ class DirectoryPrefetcher:
             while self.candidates and self.entries_ahead < MAX_AHEAD:
                 dir_ino = self.candidates.popleft()
                 if dir_ino not in self.tried:
-                    self.tried.add(dir_ino)
+                    self._tried(dir_ino)
                     await self.prepare(dir_ino)
+
+    def _tried(self, dir_ino: int) -> None:
+        if len(self.tried) >= MAX_TRIED:
+            self.tried.clear()
+        self.tried.add(dir_ino)
 
     async def prepare(self, dir_ino: int) -> None:
         """Prepare one listing; errors are left for the real request to meet and report.

@@ -95,6 +95,17 @@ async def test_read_ahead_stops_at_its_budget_and_an_unpredicted_listing_frees_i
         nursery.cancel_scope.cancel()
 
 
+def test_what_a_walk_remembers_is_bounded(monkeypatch: Any) -> None:
+    """A walk over more directories than MAX_TRIED does not grow the daemon."""
+    monkeypatch.setattr(prefetch, "MAX_TRIED", 3)
+    ops, _ = operations()
+    prefetcher = DirectoryPrefetcher(ops.listing)
+    for dir_ino in range(100, 110):
+        prefetcher.listed(dir_ino, [], first=False, complete=True)
+        assert len(prefetcher.tried) <= 3
+    assert 109 in prefetcher.tried
+
+
 async def test_a_directory_larger_than_the_budget_is_left_to_its_request(monkeypatch: Any) -> None:
     monkeypatch.setattr(prefetch, "MAX_AHEAD", 2)
     ops, volume = operations()
