@@ -32,7 +32,7 @@ from fusefs import session
 from fusefs.busypoll import BusyPoller, worth_polling
 from fusefs.control import ControlError, recv_message, send_message
 from fusefs.daemon import AttrOverrides, VolumeOperations
-from fusefs.heaptrim import HeapTrimmer
+from fusefs.heaptrim import HeapTrimmer, keep_freed_buffers
 from fusefs.prefetch import DirectoryPrefetcher
 from fusefs.sandbox import SandboxError, SandboxLimits, confine, install_seccomp
 from fusefs.watchdog import DEFAULT_TIMEOUT, RequestTimeout, RequestWatchdog
@@ -180,6 +180,7 @@ async def serve_until_stopped(operations: VolumeOperations, busy_poll_us: int) -
         nursery.start_soon(stop_on_signal, nursery.cancel_scope)
         operations.prefetcher = DirectoryPrefetcher(operations.listing, operations.watchdog)
         nursery.start_soon(operations.prefetcher.run)
+        keep_freed_buffers()  # the trimmer returns them instead
         trimmer = HeapTrimmer()
         nursery.start_soon(trimmer.run)
         operations.request_done = trimmer.touch

@@ -2,8 +2,8 @@
 
 ``mount``, ``umount2``, ``unshare``, ``prctl``, ``setns``, ``ioctl`` on seccomp's
 listener, ``syscall`` for what glibc has no wrapper for (capset, pivot_root,
-pidfd_open, ...), ``free`` for what libseccomp hands out, ``malloc_trim`` and
-``mallinfo2`` for the heap. The prototypes of those that need one are declared here,
+pidfd_open, ...), ``free`` for what libseccomp hands out, ``malloc_trim``,
+``mallopt`` and ``mallinfo2`` for the heap. The prototypes of those that need one are declared here,
 once; ``syscall`` and ``ioctl`` are variadic and get only their return type.
 
 glibc is named by its soname: ``ctypes.util.find_library`` would run ldconfig on every
@@ -43,5 +43,7 @@ LIBC.syscall.restype = ctypes.c_long
 LIBC.free.argtypes = (ctypes.c_void_p,)
 LIBC.free.restype = None
 LIBC.malloc_trim.argtypes = (ctypes.c_size_t,)
+LIBC.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+LIBC.mallopt.restype = ctypes.c_int
 LIBC.mallinfo2.argtypes = ()
 LIBC.mallinfo2.restype = Mallinfo2

@@ -100,3 +100,46 @@ print(before, after_free, private_kib(), free_after - free_before)
     assert freed_bytes > 19_000_000  # heap_free_bytes sees what was freed
     assert after_free > before - 2_000  # freeing alone gives back next to nothing
     assert after_trim < before - 15_000  # trimming gives back most of the 20 MB
+
+
+def test_read_ahead_buffers_are_reused_not_faulted_in_again() -> None:
+    """1 MiB buffers read by a worker thread and freed by the serving thread, as the
+    read-ahead's are, come back from the heap once keep_freed_buffers() is in force;
+    with glibc's defaults each one was returned on free and faulted in again."""
+    script = """
+import resource, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from fusefs.heaptrim import keep_freed_buffers, trim
+
+if sys.argv[1] == "keep":
+    keep_freed_buffers()
+
+def chunk(i):
+    return bytes([i % 256]) * (1 << 20)  # written: every page touched
+
+with ThreadPoolExecutor(2) as pool:
+    for i in range(8):  # settle: thresholds and arenas
+        pool.submit(chunk, i).result()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    pending = [pool.submit(chunk, i) for i in range(4)]
+    for i in range(4, 200):
+        pending.pop(0).result()  # freed here, on the serving thread
+        pending.append(pool.submit(chunk, i))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+trim()
+print(faults)
+"""
+
+    def faults(mode: str) -> int:
+        result = subprocess.run(
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=PROJECT,
+        )
+        return int(result.stdout)
+
+    pages = 196 * (1 << 20) // 4096  # of the buffers made after settling
+    assert faults("default") > pages // 4
+    assert faults("keep") < pages // 10
